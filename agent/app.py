@@ -1,0 +1,288 @@
+"""Lifecycle: wires config, model, pipeline, MQTT, outbox and HTTP; runs until told to stop."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from agent.alerts import Outbox, Pending, encode
+from agent.config import AgentConfig
+from agent.errors import ModelError
+from agent.http import HealthServer
+from agent.ingest import Reason
+from agent.logs import RateLimited
+from agent.metrics import Metrics
+from agent.mqtt import Link
+from agent.pipeline import BatchResult, Pipeline
+from agent.runtime import Expected, Runtime, load_model
+
+Message = tuple[int, str, bytes, float, float]  # subscription, topic, payload, wall, monotonic
+
+
+class AlertSender:
+    """Alerts go into the outbox first and leave it only on the broker's PUBACK.
+
+    Each outbox entry is handed to paho once per process: paho itself re-sends unacknowledged
+    QoS 1 messages after a reconnect, and entries left from an earlier run are handed over at
+    start-up.
+    """
+
+    def __init__(self, outbox: Outbox, link: Link, metrics: Metrics) -> None:
+        self.outbox = outbox
+        self.link = link
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self.acks: deque[int] = deque()      # filled by paho's thread, drained by ours
+
+    def _hand(self, p: Pending) -> None:
+        # Publish and record under one lock; `drain` takes the same lock, so an ack is never
+        # looked up before its mid is recorded.
+        with self._lock:
+            mid = self.link.publish(p.topic, p.payload, qos=1)
+            self._inflight[mid] = p.id
+
+    def resume(self) -> int:
+        """Hand over what an earlier run left pending; returns how many."""
+        pending = self.outbox.pending(limit=self.outbox.max_items)
+        for p in pending:
+            self._hand(p)
+        self.metrics.outbox_depth.set(len(self.outbox))
+        return len(pending)
+
+    def send(self, topic: str, payload: bytes) -> None:
+        item_id = self.outbox.add(topic, payload)
+        self._hand(Pending(item_id, topic, payload))
+        self.metrics.outbox_depth.set(len(self.outbox))
+
+    def drain(self) -> int:
+        """Remove acknowledged alerts from the outbox; returns how many."""
+        done = []
+        with self._lock:
+            while self.acks:
+                item = self._inflight.pop(self.acks.popleft(), None)
+                if item is not None:
+                    done.append(item)
+        for item in done:
+            self.outbox.ack(item)
+        if done:
+            self.metrics.outbox_depth.set(len(self.outbox))
+        return len(done)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+
+class ModelWatcher:
+    """Notices a new model file (changed stat, or SIGHUP) and checks it off the worker thread."""
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self.poke = threading.Event()
+        self._seen = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def changed(self) -> bool:
+        now = self._stat()
+        if now is None or now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+
+class Agent:
+    """The daemon: `run()` blocks until `stop()` (or a signal) and returns an exit code."""
+
+    def __init__(self, cfg: AgentConfig, registry: CollectorRegistry | None = None,
+                 log: Any = None) -> None:
+        self.cfg = cfg
+        self.log = log or structlog.get_logger("vigil.agent")
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self._rejects_log = RateLimited(self.log)
+        runtime = load_model(cfg.model.path, Expected(sha256=cfg.model.sha256),
+                             threads=cfg.model.threads)
+        self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
+                      channels=list(runtime.spec.channels), period_s=runtime.spec.period_s)
+        self.pipeline = Pipeline(cfg, runtime, self.metrics, log=self.log)
+        self.queue: queue.Queue[Message] = queue.Queue(maxsize=cfg.inference.queue_size)
+        self.outbox = Outbox(cfg.state.dir / "outbox.sqlite", cfg.state.outbox_max)
+        self.link = Link(cfg, on_message=self._enqueue, on_ack=self._ack, on_state=self._state,
+                         log=self.log)
+        self.sender = AlertSender(self.outbox, self.link, self.metrics)
+        host, port = cfg.http.host_port
+        self.http = HealthServer(host, port, self.registry, self.readiness)
+        self.watcher = ModelWatcher(cfg.model.path, cfg.model.watch_interval_s)
+        self._stop = threading.Event()
+        self._new_model: Runtime | None = None
+        self._swap_lock = threading.Lock()
+
+    # -- callbacks from paho's thread: hand over, never block ----------------------------------
+
+    def _enqueue(self, sub: int, topic: str, payload: bytes, qos: int) -> None:
+        try:
+            self.queue.put_nowait((sub, topic, payload, time.time(), time.monotonic()))
+        except queue.Full:
+            self.metrics.messages_dropped.inc()
+
+    def _ack(self, mid: int) -> None:
+        self.sender.acks.append(mid)
+
+    def _state(self, connected: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if connected else 0)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        return {"connected": self.link.connected.is_set(), "subscribed": self.link.subscribed.is_set(),
+                "model_loaded": self.pipeline.runtime is not None, "outbox_not_full": not self.outbox.full}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Check the model file now (SIGHUP)."""
+        self.watcher.poke.set()
+
+    def run(self) -> int:
+        self.http.start()
+        self.log.info("http_listening", address=f"{self.cfg.http.host_port[0]}:{self.http.port}")
+        resumed = self.sender.resume()
+        if resumed:
+            self.log.info("outbox_resumed", pending=resumed)
+        self.link.start()
+        worker = threading.Thread(target=self._work, name="vigil-worker", daemon=True)
+        watcher = threading.Thread(target=self._watch, name="vigil-model-watch", daemon=True)
+        worker.start()
+        watcher.start()
+        self._stop.wait()
+        self.log.info("agent_stopping")
+        worker.join(timeout=2.0)
+        self._flush_outbox(timeout=1.5)
+        self.link.stop(timeout=1.0)
+        self.http.stop()
+        self.outbox.close()
+        self.log.info("agent_stopped", outbox_pending=len(self.outbox))
+        return 0
+
+    def _flush_outbox(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sender.in_flight and self.link.connected.is_set() and time.monotonic() < deadline:
+            self.sender.drain()
+            time.sleep(0.01)
+        self.sender.drain()
+
+    # -- the worker thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        cfg = self.cfg.inference
+        first_due: float | None = None
+        while not self._stop.is_set():
+            self._ingest_some()
+            now = time.monotonic()
+            if self.pipeline.n_due:
+                first_due = first_due if first_due is not None else now
+                if (self.pipeline.n_due >= cfg.max_batch
+                        or now - first_due >= cfg.max_wait_ms / 1000.0):
+                    while self.pipeline.n_due:
+                        self._publish(self.pipeline.run_batch(cfg.max_batch))
+                    first_due = None
+            self.sender.drain()
+            self.metrics.queue_depth.set(self.queue.qsize())
+            self._maybe_swap()
+
+    def _ingest_some(self) -> None:
+        try:
+            item = self.queue.get(timeout=0.02)
+        except queue.Empty:
+            return
+        accepted = 0
+        rejects: Counter[Reason] = Counter()
+        for _ in range(5000):
+            sub, topic, payload, wall, mono = item
+            n, why = self.pipeline.ingest(sub, topic, payload, wall, mono)
+            accepted += n
+            if why:
+                rejects.update(why)
+                self._rejects_log.warning("readings_rejected", key=why[0].value,
+                                          reason=why[0].value, topic=topic[:200])
+            if self.pipeline.n_due >= self.cfg.inference.max_batch:
+                break
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+        # Metrics in batches, not per reading: the hot path stays cheap.
+        if accepted:
+            self.metrics.readings_accepted.inc(accepted)
+        for reason, n in rejects.items():
+            self.metrics.readings_rejected.labels(reason.value).inc(n)
+
+    def _publish(self, result: BatchResult) -> None:
+        prefix = self.cfg.outputs.prefix
+        for a in result.alerts:
+            self.sender.send(f"{prefix}/alerts/{a.asset}", encode(a.doc))
+            self.metrics.alerts.labels(a.level).inc()
+            self.log.info("alert_raised", asset=a.asset, level=a.level,
+                          previous=a.doc["previous_level"], risk=a.doc["risk"],
+                          alert_id=a.doc["alert_id"])
+        now = time.monotonic()
+        for r in result.risks:
+            self.link.publish(f"{prefix}/risk/{r.asset}", encode(r.doc),
+                              qos=self.cfg.outputs.risk_qos, retain=self.cfg.outputs.risk_retain)
+            self.metrics.asset_risk.labels(r.asset).set(r.doc["risk"])
+            if not r.doc["stale"]:
+                self.metrics.reading_to_risk.observe(max(now - r.arrival, 0.0))
+
+    # -- model hot-swap ------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        interval = self.watcher.interval_s or 3600.0
+        while not self._stop.is_set():
+            self.watcher.poke.wait(interval)
+            forced = self.watcher.poke.is_set()
+            self.watcher.poke.clear()
+            if self._stop.is_set():
+                return
+            if self.watcher.changed() or forced:
+                self._check_new_model()
+
+    def _check_new_model(self) -> None:
+        current = self.pipeline.spec
+        try:
+            rt = load_model(self.cfg.model.path,
+                            Expected(channels=current.channels, period_s=current.period_s,
+                                     sha256=self.cfg.model.sha256),
+                            threads=self.cfg.model.threads)
+        except ModelError as exc:
+            self.metrics.model_reloads.labels("failure").inc()
+            self.log.error("model_rejected", reason=str(exc), serving=current.version)
+            return
+        with self._swap_lock:
+            self._new_model = rt
+
+    def _maybe_swap(self) -> None:
+        with self._swap_lock:
+            rt, self._new_model = self._new_model, None
+        if rt is None:
+            return
+        old = self.pipeline.spec.version
+        kept = self.pipeline.swap_model(rt)
+        self.metrics.model_reloads.labels("success").inc()
+        self.log.info("model_swapped", old=old, new=rt.spec.version, windows_kept=kept)

@@ -1,0 +1,102 @@
+"""`vigil-agent`: run the daemon, or check a config file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent.errors import VigilError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vigil-agent", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the agent daemon")
+    r.add_argument("--config", type=Path, required=True, help="agent TOML config")
+    c = sub.add_parser("check-config", help="validate a config; print what it would do")
+    c.add_argument("file", type=Path)
+    return p
+
+
+def example_topic(template: str) -> str:
+    """The template with each named part replaced by an example value."""
+    examples = {"asset": "pump-001", "channel": "bearing_temp", "line": "line-1", "site": "site-a"}
+    parts = []
+    for level in template.split("/"):
+        if level.startswith("{") and level.endswith("}"):
+            name = level[1:-1]
+            parts.append(examples.get(name, f"{name}-1"))
+        else:
+            parts.append(level)
+    return "/".join(parts)
+
+
+def check_config(path: Path) -> dict[str, Any]:
+    """Validate config and model; return the summary that check-config prints."""
+    from agent.config import load_config
+    from agent.runtime import Expected, load_model
+    from agent.spec import spec_summary
+
+    cfg = load_config(path)
+    rt = load_model(cfg.model.path, Expected(sha256=cfg.model.sha256), threads=1)
+    resolved = json.loads(cfg.model_dump_json())
+    for key in ("password",):
+        if resolved["broker"].get(key):
+            resolved["broker"][key] = "***"
+    return {
+        "config": resolved,
+        "agent_id": cfg.resolved_agent_id,
+        "subscriptions": [
+            {"filter": s.filter, "template": s.template, "codec": s.codec,
+             "example_topic": example_topic(s.template)} for s in cfg.subscriptions],
+        "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
+        "publishes": {
+            "alerts": f"{cfg.outputs.prefix}/alerts/{{asset}}",
+            "risk": f"{cfg.outputs.prefix}/risk/{{asset}}",
+            "status": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status"},
+    }
+
+
+def _run(path: Path) -> int:
+    from agent import logs
+    from agent.app import Agent
+    from agent.config import load_config
+
+    cfg = load_config(path)
+    logs.configure(cfg.log.level, cfg.log.format)
+    agent = Agent(cfg)
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        agent.reload()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            print(json.dumps(check_config(args.file), indent=2))
+            return 0
+        return _run(args.config)
+    except VigilError as exc:
+        print(f"vigil-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"vigil-agent: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Agent configuration: TOML, validated once at start-up into typed, frozen objects."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+from agent.names import BrokerURL, valid_name
+
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+
+
+class BrokerConfig(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "vigil"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 3600
+    reconnect_min_s: Annotated[float, Field(gt=0)] = 0.2
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 5.0
+    tls: TLSConfig = TLSConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            BrokerURL.parse(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not valid_name(v):
+            raise ValueError("must be 1-128 printable characters without + # / or NUL")
+        return v
+
+    @property
+    def parsed_url(self) -> BrokerURL:
+        return BrokerURL.parse(self.url)
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"broker.password_file: cannot read {self.password_file}: "
+                                  f"{exc.strerror}") from exc
+        return self.password
+
+
+class ModelConfig(_Strict):
+    path: Path
+    runtime: Literal["torchscript"] = "torchscript"
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    sha256: str | None = None
+    watch_interval_s: Annotated[float, Field(ge=0)] = 2.0
+    warning: Annotated[float, Field(gt=0, le=1)] | None = None
+    critical: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
+class SubscriptionConfig(_Strict):
+    filter: str
+    template: str
+    codec: Literal["json", "json-multi"] = "json"
+    qos: Literal[0, 1, 2] = 1
+    ts_field: str = "ts"
+    value_field: str = "value"
+    values_field: str = "values"
+    ts_format: Literal["auto", "epoch_s", "epoch_ms", "rfc3339", "arrival"] = "auto"
+    channel: str | None = None
+    channel_map: dict[str, str] = {}
+    scale: dict[str, float] = {}
+    offset: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _template_fits_filter(self) -> SubscriptionConfig:
+        f_levels = self.filter.split("/")
+        t_levels = self.template.split("/")
+        if "#" in self.filter:
+            raise ValueError("'#' filters are not supported: name every level in the template")
+        if len(f_levels) != len(t_levels):
+            raise ValueError(f"template {self.template!r} has {len(t_levels)} levels, "
+                             f"filter {self.filter!r} has {len(f_levels)}")
+        names = []
+        for f, t in zip(f_levels, t_levels, strict=True):
+            m = _PLACEHOLDER.match(t)
+            if m:
+                names.append(m.group(1))
+            elif f == "+":
+                raise ValueError(f"filter level '+' needs a {{name}} in the template, got {t!r}")
+            elif f != t:
+                raise ValueError(f"template level {t!r} does not match filter level {f!r}")
+        if len(set(names)) != len(names):
+            raise ValueError("template names a part twice")
+        if "asset" not in names:
+            raise ValueError("template must name {asset}")
+        if self.codec == "json" and "channel" not in names and self.channel is None:
+            raise ValueError("json codec needs {channel} in the template or a fixed `channel`")
+        return self
+
+
+class OutputsConfig(_Strict):
+    prefix: str = "vigil"
+    risk_qos: Literal[0, 1] = 0
+    risk_retain: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or not all(valid_name(p) for p in v.split("/")):
+            raise ValueError("must be topic levels without + # or NUL")
+        return v
+
+
+class HTTPConfig(_Strict):
+    listen: str = "127.0.0.1:9108"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108")
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class WindowsConfig(_Strict):
+    aggregation: Literal["last", "mean"] = "last"
+    max_gap: Annotated[int, Field(ge=0)] = 5
+    allowed_lateness: Annotated[int, Field(ge=0)] = 10
+    stride: Annotated[int, Field(ge=1)] = 1
+    max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
+    ts_floor: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_assets: Annotated[int, Field(ge=1)] = 10_000
+    max_payload_bytes: Annotated[int, Field(ge=16)] = 65_536
+
+
+class InferenceConfig(_Strict):
+    max_batch: Annotated[int, Field(ge=1, le=65_536)] = 256
+    max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    queue_size: Annotated[int, Field(ge=1)] = 10_000
+
+
+class StateConfig(_Strict):
+    dir: Path = Field(default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "./state")))
+    checkpoint_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    outbox_max: Annotated[int, Field(ge=1)] = 100_000
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class AgentConfig(_Strict):
+    agent_id: str | None = None
+    broker: BrokerConfig = BrokerConfig()
+    model: ModelConfig
+    subscriptions: Annotated[list[SubscriptionConfig], Field(min_length=1)]
+    outputs: OutputsConfig = OutputsConfig()
+    http: HTTPConfig = HTTPConfig()
+    windows: WindowsConfig = WindowsConfig()
+    inference: InferenceConfig = InferenceConfig()
+    state: StateConfig = Field(default_factory=StateConfig)
+    log: LogConfig = LogConfig()
+
+    @property
+    def resolved_agent_id(self) -> str:
+        return self.agent_id or self.broker.client_id
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, v: str | None) -> str | None:
+        if v is not None and not valid_name(v):
+            raise ValueError("must be 1-128 printable characters without + # / or NUL")
+        return v
+
+
+_ENV = {"VIGIL_BROKER_URL": "url", "VIGIL_BROKER_USERNAME": "username",
+        "VIGIL_BROKER_PASSWORD": "password"}
+
+
+def _format_error(exc: ValidationError, path: Path) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "required key is missing"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{path}: {where}: {msg}{more}"
+
+
+def load_config(path: Path, env: dict[str, str] | None = None) -> AgentConfig:
+    """Read, override from the environment, and validate a config file.
+
+    Relative paths in the file (model, state, TLS files) are taken from the file's folder.
+    Raises ConfigError with a one-line reason naming the key.
+    """
+    env = dict(os.environ) if env is None else env
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    broker = raw.setdefault("broker", {})
+    if not isinstance(broker, dict):
+        raise ConfigError(f"{path}: broker: must be a table")
+    for var, key in _ENV.items():
+        if env.get(var):
+            broker[key] = env[var]
+    base = path.parent
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str):
+        model["path"] = str(base / model["path"])
+    state = raw.get("state")
+    if isinstance(state, dict) and isinstance(state.get("dir"), str):
+        state["dir"] = str(base / state["dir"])
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, path)) from exc

@@ -1,0 +1,62 @@
+"""Every Prometheus metric the agent exports, defined once against a registry made at start-up."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agent.ingest import Reason
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The agent's metrics; pass `CollectorRegistry()` in tests to keep them apart."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.readings_accepted = Counter(
+            "vigil_readings_accepted", "Readings written into windows.", registry=r)
+        self.readings_rejected = Counter(
+            "vigil_readings_rejected", "Rejected readings (a message that cannot be decoded counts once).",
+            ["reason"], registry=r)
+        for reason in Reason:  # every reason visible at zero, so rate() works from the start
+            self.readings_rejected.labels(reason.value)
+        self.messages_dropped = Counter(
+            "vigil_messages_dropped", "Messages dropped because the intake queue was full.", registry=r)
+        self.windows_inferred = Counter(
+            "vigil_windows_inferred", "Windows run through the model.", registry=r)
+        self.inference_batch_size = Histogram(
+            "vigil_inference_batch_size", "Windows per inference batch.", buckets=_BATCH_BUCKETS,
+            registry=r)
+        self.inference_duration = Histogram(
+            "vigil_inference_duration_seconds", "Wall time of one inference batch.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.reading_to_risk = Histogram(
+            "vigil_reading_to_risk_seconds",
+            "From the arrival of a window's newest reading to its risk being published.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.alerts = Counter("vigil_alerts", "Level transitions published as alerts.", ["level"],
+                              registry=r)
+        for level in ("ok", "warning", "critical"):
+            self.alerts.labels(level)
+        self.asset_risk = Gauge("vigil_asset_risk", "Latest risk per asset.", ["asset"], registry=r)
+        self.assets = Gauge("vigil_assets", "Assets with state held.", registry=r)
+        self.assets_stale = Gauge("vigil_assets_stale", "Assets whose window is not whole.", registry=r)
+        self.mqtt_connected = Gauge("vigil_mqtt_connected", "1 while connected to the broker.",
+                                    registry=r)
+        self.outbox_depth = Gauge("vigil_outbox_depth", "Alerts waiting for a broker acknowledgement.",
+                                  registry=r)
+        self.queue_depth = Gauge("vigil_intake_queue_depth", "Messages waiting to be processed.",
+                                 registry=r)
+        self.model_info = Gauge("vigil_model_info", "The model serving now (value 1).", ["version"],
+                                registry=r)
+        self.model_reloads = Counter("vigil_model_reloads", "Model file reloads by result.",
+                                     ["result"], registry=r)
+        for result in ("success", "failure"):
+            self.model_reloads.labels(result)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version).set(1)

@@ -1,0 +1,129 @@
+"""The MQTT link: one paho-mqtt 2.x client, its callbacks kept short and non-blocking."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import AgentConfig
+from agent.errors import BrokerError
+
+
+def status_topic(cfg: AgentConfig) -> str:
+    return f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status"
+
+
+class Link:
+    """Connects, keeps the connection, subscribes, publishes; reports events through callbacks.
+
+    paho's network thread runs the callbacks: they only hand work over (queue, deque) and
+    never wait for the worker.
+    """
+
+    def __init__(self, cfg: AgentConfig, *, on_message: Callable[[int, str, bytes, int], None],
+                 on_ack: Callable[[int], None], on_state: Callable[[bool], None], log: Any) -> None:
+        self.cfg = cfg
+        self.log = log
+        self._on_message = on_message
+        self._on_ack = on_ack
+        self._on_state = on_state
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.refused: str | None = None
+        b = cfg.broker
+        self.v5 = b.protocol == "5"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=b.client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else False)
+        self.client.max_queued_messages_set(0)  # the outbox bounds what waits, not paho
+        self.client.max_inflight_messages_set(100)
+        self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)  # type: ignore[arg-type]
+        self.client.will_set(status_topic(cfg), b"offline", qos=1, retain=True)
+        url = b.parsed_url
+        if url.tls:
+            t = b.tls
+            self.client.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
+                                certfile=str(t.cert_file) if t.cert_file else None,
+                                keyfile=str(t.key_file) if t.key_file else None,
+                                cert_reqs=ssl.CERT_REQUIRED)
+            self.client.tls_insecure_set(not t.verify_hostname)
+        if b.username:
+            self.client.username_pw_set(b.username, b.resolved_password())
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.client.on_message = self._message
+        self.client.on_publish = self._published
+        self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects with capped exponential backoff."""
+        url = self.cfg.broker.parsed_url
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.broker.session_expiry_s
+        try:
+            self.client.connect_async(url.host, url.port, keepalive=self.cfg.broker.keepalive_s,
+                                      clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                      properties=props)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to {url}: {exc}") from exc
+        self.client.loop_start()
+
+    def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                   properties: Any) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            self.log.error("mqtt_connect_refused", reason=str(reason))
+            return
+        self.refused = None
+        self.connected.set()
+        self.log.info("mqtt_connected", session_present=bool(flags.session_present))
+        client.publish(status_topic(self.cfg), b"online", qos=1, retain=True)
+        if not flags.session_present or not self.subscribed.is_set():
+            client.subscribe([(f, mqtt.SubscribeOptions(qos=q) if self.v5 else q)  # type: ignore[misc]
+                              for _, f, q in self._filters])
+        self.subscribed.set()
+        self._on_state(True)
+
+    def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                      properties: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            self.log.warning("mqtt_disconnected", reason=str(reason))
+        self._on_state(False)
+
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        for i, f, _ in self._filters:
+            if mqtt.topic_matches_sub(f, msg.topic):
+                self._on_message(i, msg.topic, msg.payload, msg.qos)
+                return
+
+    def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                   properties: Any) -> None:
+        self._on_ack(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
+        """Hand a message to paho (queued by paho while disconnected); returns its mid."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return int(info.mid)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish the retained `offline` status ourselves, then disconnect cleanly."""
+        if self.connected.is_set():
+            info = self.client.publish(status_topic(self.cfg), b"offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,250 @@
+"""The processing pipeline: messages into per-asset windows, due windows into batches, outputs out.
+
+It owns all per-asset state and runs on one worker thread, so it needs no locks. It knows
+nothing of MQTT: it returns what to publish, and the app publishes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.alerts import alert_id, rfc3339_ms
+from agent.config import AgentConfig
+from agent.ingest import Decoder, Reading, Reason
+from agent.metrics import Metrics
+from agent.risk import (
+    Level,
+    LevelMachine,
+    SurpriseTracker,
+    combine,
+    surprise_probability,
+    top_channels,
+)
+from agent.runtime import Runtime
+from agent.spec import ModelSpec, Thresholds
+from agent.windows import AssetWindow, Update, cell_of
+
+
+class AssetState:
+    """Everything the agent keeps for one asset."""
+
+    __slots__ = ("arrival", "level", "risk", "stale", "surprise", "window")
+
+    def __init__(self, window: AssetWindow, surprise: SurpriseTracker, level: LevelMachine) -> None:
+        self.window = window
+        self.surprise = surprise
+        self.level = level
+        self.stale = False
+        self.risk = 0.0
+        self.arrival = 0.0  # monotonic arrival of the newest reading, for latency
+
+
+@dataclass(frozen=True)
+class RiskOut:
+    """One scored window (or a stale notice), ready to publish."""
+
+    asset: str
+    doc: dict[str, Any]
+    arrival: float
+
+
+@dataclass(frozen=True)
+class AlertOut:
+    asset: str
+    level: str
+    doc: dict[str, Any]
+
+
+@dataclass
+class BatchResult:
+    risks: list[RiskOut] = field(default_factory=list)
+    alerts: list[AlertOut] = field(default_factory=list)
+
+
+class Pipeline:
+    """Decode, window, batch, score and decide, for every asset of one agent."""
+
+    def __init__(self, cfg: AgentConfig, runtime: Runtime, metrics: Metrics,
+                 wall: Callable[[], float] = time.time, log: Any = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.wall = wall
+        self.log = log
+        self.agent_id = cfg.resolved_agent_id
+        self.assets: dict[str, AssetState] = {}
+        self._due: dict[str, None] = {}  # insertion-ordered set of assets with a window due
+        self._floor = cfg.windows.ts_floor.timestamp()
+        self.runtime = runtime
+        self._set_runtime(runtime)
+
+    # -- model -------------------------------------------------------------------------------
+
+    def _thresholds(self, spec: ModelSpec) -> Thresholds:
+        t = spec.thresholds
+        w = self.cfg.model.warning or t.warning
+        c = self.cfg.model.critical or t.critical
+        return Thresholds(w, max(c, w), min(t.hysteresis, w / 2), t.dwell, t.cooldown)
+
+    def _set_runtime(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.spec = runtime.spec
+        self.thresholds = self._thresholds(self.spec)
+        self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
+        self.metrics.set_model(self.spec.version)
+
+    def swap_model(self, runtime: Runtime) -> bool:
+        """Serve a new, already checked model from the next batch on.
+
+        Windows survive when channels, period and window length are unchanged; otherwise
+        every asset starts afresh. Returns whether the windows were kept.
+        """
+        old, new = self.spec, runtime.spec
+        keep = (old.channels, old.period_s, old.window) == (new.channels, new.period_s, new.window)
+        self._set_runtime(runtime)
+        if keep:
+            for st in self.assets.values():
+                st.level.t = self.thresholds
+                st.surprise = SurpriseTracker(new.surprise.ewma_alpha)
+        else:
+            self.assets.clear()
+            self._due.clear()
+        return keep
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def _new_asset(self) -> AssetState:
+        w = self.cfg.windows
+        s = self.spec
+        return AssetState(
+            AssetWindow(s.n_channels, s.window, max_gap=w.max_gap, lateness=w.allowed_lateness,
+                        stride=w.stride, agg=w.aggregation),
+            SurpriseTracker(s.surprise.ewma_alpha), LevelMachine(self.thresholds))
+
+    def ingest(self, sub_index: int, topic: str, payload: bytes, arrival_wall: float,
+               arrival_mono: float) -> tuple[int, list[Reason]]:
+        """Decode one message and write its readings; returns (accepted, rejection reasons)."""
+        rejects: list[Reason] = []
+        if len(payload) > self.cfg.windows.max_payload_bytes:
+            return 0, [Reason.PAYLOAD_SIZE]
+        readings = self.decoders[sub_index].decode(topic, payload, arrival_wall, rejects)
+        accepted = 0
+        for r in readings:
+            reason = self._write(r, arrival_wall, arrival_mono)
+            if reason is None:
+                accepted += 1
+            else:
+                rejects.append(reason)
+        return accepted, rejects
+
+    def _write(self, r: Reading, wall: float, mono: float) -> Reason | None:
+        if r.ts > wall + self.cfg.windows.max_future_skew_s:
+            return Reason.FUTURE
+        if r.ts < self._floor:
+            return Reason.TOO_OLD
+        st = self.assets.get(r.asset)
+        if st is None:
+            if len(self.assets) >= self.cfg.windows.max_assets:
+                return Reason.ASSET_LIMIT
+            st = self.assets[r.asset] = self._new_asset()
+        res = st.window.update(cell_of(r.ts, self.spec.period_s), r.channel, r.ts, r.value)
+        if res is Update.TOO_LATE:
+            return Reason.LATE
+        if res is Update.DUPLICATE:
+            return Reason.DUPLICATE
+        st.arrival = mono
+        if st.window.due() is not None:
+            self._due[r.asset] = None
+        return None
+
+    @property
+    def n_due(self) -> int:
+        return len(self._due)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def run_batch(self, max_batch: int) -> BatchResult:
+        """Score up to `max_batch` due windows and decide levels."""
+        out = BatchResult()
+        names: list[str] = []
+        ends: list[int] = []
+        xs: list[np.ndarray] = []
+        while self._due and len(names) < max_batch:
+            asset = next(iter(self._due))
+            del self._due[asset]
+            st = self.assets[asset]
+            end = st.window.due()
+            if end is None:
+                continue
+            st.window.mark_scored(end)
+            x = st.window.extract(end)
+            if x is None:
+                if not st.stale:
+                    st.stale = True
+                    out.risks.append(self._risk_doc(asset, st, end, {}, None))
+                continue
+            st.stale = False
+            names.append(asset)
+            ends.append(end)
+            xs.append(x)
+        self.metrics.assets_stale.set(sum(1 for s in self.assets.values() if s.stale))
+        self.metrics.assets.set(len(self.assets))
+        if not names:
+            return out
+        s = self.spec
+        raw = np.stack(xs)
+        x = ((raw - np.asarray(s.normalisation.mean)) / np.asarray(s.normalisation.std)).astype(np.float32)
+        t0 = time.perf_counter()
+        outputs = self.runtime.infer(x)
+        self.metrics.inference_duration.observe(time.perf_counter() - t0)
+        self.metrics.inference_batch_size.observe(len(names))
+        self.metrics.windows_inferred.inc(len(names))
+        for i, asset in enumerate(names):
+            st = self.assets[asset]
+            per_channel = None
+            p_surprise = None
+            if outputs.forecast_mean is not None and outputs.forecast_logvar is not None:
+                per_channel = st.surprise.update(
+                    ends[i], x[i, -s.horizon :].astype(np.float64),
+                    outputs.forecast_mean[i].astype(np.float64),
+                    outputs.forecast_logvar[i].astype(np.float64))
+                if per_channel is not None:
+                    p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
+            p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
+            risk = combine(p_fail, p_surprise, s.combiner)
+            st.risk = risk
+            signals: dict[str, float] = {}
+            if p_fail is not None:
+                signals["fail_prob"] = round(p_fail, 6)
+            if p_surprise is not None:
+                signals["surprise"] = round(p_surprise, 6)
+            out.risks.append(self._risk_doc(asset, st, ends[i], signals, per_channel))
+            tr = st.level.update(risk, ends[i])
+            if tr is not None:
+                out.alerts.append(self._alert(asset, st, tr.cell, tr.level, tr.previous, risk,
+                                              per_channel))
+        return out
+
+    def _risk_doc(self, asset: str, st: AssetState, end: int, signals: dict[str, float],
+                  per_channel: np.ndarray | None) -> RiskOut:
+        doc = {"asset": asset, "ts": rfc3339_ms(st.window.newest_ts(end)), "risk": round(st.risk, 6),
+               "level": st.level.level.label, "stale": st.stale, "signals": signals,
+               "model_version": self.spec.version}
+        return RiskOut(asset, doc, st.arrival)
+
+    def _alert(self, asset: str, st: AssetState, cell: int, level: Level, previous: Level,
+               risk: float, per_channel: np.ndarray | None) -> AlertOut:
+        doc = {
+            "asset": asset, "ts": rfc3339_ms(st.window.newest_ts(cell)), "level": level.label,
+            "previous_level": previous.label, "risk": round(risk, 6),
+            "horizon_s": self.spec.horizon_s,
+            "top_channels": top_channels(per_channel, self.spec.channels),
+            "model_version": self.spec.version, "agent_id": self.agent_id,
+            "alert_id": alert_id(self.agent_id, asset, cell, level.label, previous.label),
+            "emitted_at": rfc3339_ms(self.wall()),
+        }
+        return AlertOut(asset, level.label, doc)

@@ -1,0 +1,137 @@
+"""Model runtime: load a TorchScript model file, check it against the contract, run batches.
+
+This is the only agent module that imports torch, so the TorchScript dependency (and its
+deprecation in torch 2.13) stays behind one interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import ModelError
+from agent.spec import METADATA_FILE, ModelSpec
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One batch of model outputs as numpy arrays (absent heads are None)."""
+
+    forecast_mean: FloatArray | None = None
+    forecast_logvar: FloatArray | None = None
+    fail_prob: FloatArray | None = None
+    rul: FloatArray | None = None
+
+
+class Runtime(Protocol):
+    """What the pipeline needs from a loaded model."""
+
+    spec: ModelSpec
+    sha256: str
+
+    def infer(self, x: FloatArray) -> Outputs:
+        """Run a normalised batch [B, W, C] and return its outputs."""
+        ...
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the config demands of a model file (None: anything goes)."""
+
+    channels: tuple[str, ...] | None = None
+    period_s: float | None = None
+    sha256: str | None = None
+
+
+def _torch():  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch
+
+
+class TorchScriptRuntime:
+    """A TorchScript model with its metadata, checked before it serves."""
+
+    def __init__(self, module: object, spec: ModelSpec, sha256: str) -> None:
+        self._module = module
+        self.spec = spec
+        self.sha256 = sha256
+
+    def infer(self, x: FloatArray) -> Outputs:
+        torch = _torch()
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))  # type: ignore[operator]
+        got = {k: v.numpy() for k, v in out.items()}
+        return Outputs(**{k: got.get(k) for k in ("forecast_mean", "forecast_logvar", "fail_prob", "rul")})
+
+
+def read_spec(path: Path) -> ModelSpec:
+    """Read only the metadata of a model file (for inspect and check-config)."""
+    return load_model(path, probe=False).spec
+
+
+def load_model(path: Path, expected: Expected | None = None, *, threads: int = 1,
+               probe: bool = True) -> TorchScriptRuntime:
+    """Load, check and probe a model file; raise ModelError with a clear reason if unfit."""
+    torch = _torch()
+    torch.set_num_threads(threads)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from exc
+    sha = hashlib.sha256(data).hexdigest()
+    exp = expected or Expected()
+    if exp.sha256 and exp.sha256.lower() != sha:
+        raise ModelError(f"model file {path}: sha256 {sha} does not match the pinned {exp.sha256}")
+    extra = {METADATA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
+                                    category=DeprecationWarning)
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError and friends for any bad file
+        raise ModelError(f"model file {path}: not a TorchScript file ({type(exc).__name__})") from exc
+    if not extra[METADATA_FILE]:
+        raise ModelError(f"model file {path}: no Vigil metadata ({METADATA_FILE}) inside")
+    spec = ModelSpec.from_json(extra[METADATA_FILE])
+    if exp.channels is not None and tuple(exp.channels) != spec.channels:
+        raise ModelError(
+            f"model file {path}: channels {list(spec.channels)} do not match config {list(exp.channels)}")
+    if exp.period_s is not None and abs(exp.period_s - spec.period_s) > 1e-9:
+        raise ModelError(
+            f"model file {path}: sample period {spec.period_s}s does not match config {exp.period_s}s")
+    module.eval()
+    rt = TorchScriptRuntime(module, spec, sha)
+    if probe:
+        _probe(rt, path)
+    return rt
+
+
+def _probe(rt: TorchScriptRuntime, path: Path) -> None:
+    """A forward pass on a small batch must give finite outputs of the declared shapes."""
+    s = rt.spec
+    x = np.zeros((2, s.window, s.n_channels), dtype=np.float32)
+    try:
+        out = rt.infer(x)
+    except Exception as exc:
+        raise ModelError(f"model file {path}: forward pass failed: {exc}") from exc
+    shapes = {"forecast_mean": (2, s.horizon, s.n_channels),
+              "forecast_logvar": (2, s.horizon, s.n_channels), "fail_prob": (2,), "rul": (2,)}
+    for head in s.heads:
+        arr = getattr(out, head)
+        if arr is None:
+            raise ModelError(f"model file {path}: declared head {head!r} missing from outputs")
+        if arr.shape != shapes[head]:
+            raise ModelError(f"model file {path}: head {head!r} has shape {arr.shape}, "
+                             f"expected {shapes[head]}")
+        if not np.isfinite(arr).all():
+            raise ModelError(f"model file {path}: head {head!r} gives non-finite values")

@@ -1,0 +1,220 @@
+"""Event-time windows: readings onto a grid of cells, gaps filled forward, shared with training.
+
+A reading at event time `ts` lands in cell `floor(ts / period)`. Several readings in a cell
+are aggregated (`last` by event time, or `mean`). A missing cell is filled with the channel's
+last value when that value is at most `max_gap` cells old; older than that, the cell is not
+whole and no window covering it is scored. Training builds its windows with `to_grid` and
+`fill_forward`; the agent keeps a preallocated ring of recent cells per asset (`AssetWindow`)
+and runs the very same `fill_forward` on it, so serving windows equal training windows.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Aggregation = Literal["last", "mean"]
+FloatArray = npt.NDArray[np.float64]
+
+
+def cell_of(ts: float, period_s: float) -> int:
+    """The grid cell that event time `ts` (epoch seconds) falls in."""
+    # The epsilon keeps ts that are exact multiples of the period (as floats) in their own cell.
+    return math.floor(ts / period_s + 1e-9)
+
+
+def cells_of(ts: npt.NDArray[np.float64], period_s: float) -> npt.NDArray[np.int64]:
+    """Vectorised `cell_of`."""
+    return np.floor(ts / period_s + 1e-9).astype(np.int64)
+
+
+def to_grid(
+    cells: npt.NDArray[np.int64],
+    channels: npt.NDArray[np.int64],
+    values: FloatArray,
+    ts: FloatArray,
+    n_channels: int,
+    agg: Aggregation = "last",
+) -> tuple[int, FloatArray]:
+    """Aggregate readings of one asset onto a dense grid.
+
+    Returns the first cell and an array [n_cells, n_channels] with NaN where no reading fell.
+    Duplicates (same channel and ts) count once, as the agent drops them.
+    """
+    if len(cells) == 0:
+        return 0, np.empty((0, n_channels))
+    key = np.stack([channels, ts.view(np.int64)], axis=1)
+    _, first = np.unique(key, axis=0, return_index=True)
+    cells, channels, values, ts = cells[first], channels[first], values[first], ts[first]
+    start = int(cells.min())
+    n = int(cells.max()) - start + 1
+    grid = np.full((n, n_channels), np.nan)
+    row = cells - start
+    if agg == "mean":
+        sums = np.zeros((n, n_channels))
+        counts = np.zeros((n, n_channels))
+        np.add.at(sums, (row, channels), values)
+        np.add.at(counts, (row, channels), 1.0)
+        have = counts > 0
+        grid[have] = sums[have] / counts[have]
+    else:
+        key = row * n_channels + channels
+        order = np.lexsort((ts, key))
+        key = key[order]
+        latest = np.append(key[1:] != key[:-1], True)  # the last of each (cell, channel) run
+        pick = order[latest]
+        grid[row[pick], channels[pick]] = values[pick]
+    return start, grid
+
+
+def fill_forward(grid: FloatArray, max_gap: int) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Fill each channel's missing cells with its last value if at most `max_gap` cells old.
+
+    Returns the filled grid and a per-cell mask: True where every channel has a value.
+    """
+    n, c = grid.shape
+    have = ~np.isnan(grid)
+    idx = np.where(have, np.arange(n)[:, None], -1)
+    last = np.maximum.accumulate(idx, axis=0)
+    age = np.arange(n)[:, None] - last
+    usable = (last >= 0) & (age <= max_gap)
+    filled = np.where(usable, grid[np.clip(last, 0, None), np.arange(c)[None, :]], np.nan)
+    return filled, usable.all(axis=1)
+
+
+def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) -> npt.NDArray[np.int64]:
+    """Row indices e such that rows e-window+1..e are all whole (the windows training may use)."""
+    if len(ok) < window:
+        return np.empty(0, dtype=np.int64)
+    bad = np.concatenate([[0], np.cumsum(~ok)])
+    ends = np.arange(window - 1, len(ok))
+    whole = bad[ends + 1] - bad[ends + 1 - window] == 0
+    return ends[whole]
+
+
+class Update(IntEnum):
+    """Outcome of writing one reading into an asset's window."""
+
+    ACCEPTED = 0
+    DUPLICATE = 1
+    TOO_LATE = 2
+
+
+class AssetWindow:
+    """Recent cells of one asset in a preallocated ring buffer, closed by event time.
+
+    The newest cell is scored once every channel has a value in it, or once a newer cell
+    starts. Readings up to `lateness` cells behind the newest still land in their cell.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        window: int,
+        *,
+        max_gap: int,
+        lateness: int,
+        stride: int = 1,
+        agg: Aggregation = "last",
+    ) -> None:
+        self.n_channels = n_channels
+        self.window = window
+        self.max_gap = max_gap
+        self.lateness = lateness
+        self.stride = stride
+        self.agg = agg
+        # Room for the window, the look-back that forward filling needs, and late readings.
+        self.capacity = window + max_gap + lateness + 1
+        self._values = np.full((self.capacity, n_channels), np.nan)
+        self._ts = np.full((self.capacity, n_channels), -np.inf)
+        self._count = np.zeros((self.capacity, n_channels), dtype=np.int32)
+        self._cell = np.full(self.capacity, -1, dtype=np.int64)
+        self.newest = -1
+        self.last_scored = -1
+
+    def update(self, cell: int, channel: int, ts: float, value: float) -> Update:
+        """Write one reading (already validated) into its cell."""
+        if cell > self.newest:
+            self._advance(cell)
+        elif cell < self.newest - self.lateness:
+            return Update.TOO_LATE
+        slot = cell % self.capacity
+        if self._cell[slot] != cell:  # a late reading for a cell that never had one
+            self._clear(slot, cell)
+        if ts == self._ts[slot, channel]:
+            return Update.DUPLICATE
+        if self.agg == "mean":
+            n = self._count[slot, channel]
+            prev = self._values[slot, channel] if n else 0.0
+            self._values[slot, channel] = prev + (value - prev) / (n + 1)
+            self._count[slot, channel] = n + 1
+            self._ts[slot, channel] = max(ts, self._ts[slot, channel])
+        elif ts > self._ts[slot, channel]:
+            self._values[slot, channel] = value
+            self._ts[slot, channel] = ts
+        return Update.ACCEPTED
+
+    def _clear(self, slot: int, cell: int) -> None:
+        self._cell[slot] = cell
+        self._values[slot] = np.nan
+        self._ts[slot] = -np.inf
+        self._count[slot] = 0
+
+    def _advance(self, cell: int) -> None:
+        if self.newest < 0 or cell - self.newest >= self.capacity:
+            self._cell[:] = -1
+        else:
+            for c in range(self.newest + 1, cell + 1):
+                self._cell[c % self.capacity] = -1
+        self.newest = cell
+
+    def cells(self, end: int, n: int) -> FloatArray:
+        """Raw aggregated values of cells end-n+1..end, NaN where nothing is held."""
+        wanted = np.arange(end - n + 1, end + 1)
+        slots = wanted % self.capacity
+        out = self._values[slots].copy()
+        out[self._cell[slots] != wanted] = np.nan
+        return out
+
+    def extract(self, end: int) -> FloatArray | None:
+        """The filled window ending at cell `end`, or None if some cell in it is not whole."""
+        raw = self.cells(end, self.window + self.max_gap)
+        filled, ok = fill_forward(raw, self.max_gap)
+        if not ok[-self.window :].all():
+            return None
+        return filled[-self.window :]
+
+    def closed_cell(self) -> int:
+        """The newest cell that can be scored now: the newest if complete, else the one before."""
+        if self.newest < 0:
+            return -1
+        slot = self.newest % self.capacity
+        if self._cell[slot] == self.newest and bool(np.isfinite(self._ts[slot]).all()):
+            return self.newest
+        return self.newest - 1
+
+    def due(self) -> int | None:
+        """The end cell of the next window to score, if one is due by event time."""
+        end = self.closed_cell()
+        if end < 0 or end <= self.last_scored:
+            return None
+        if self.last_scored >= 0 and end - self.last_scored < self.stride:
+            return None
+        return end
+
+    def mark_scored(self, end: int) -> None:
+        self.last_scored = end
+
+    def newest_ts(self, end: int) -> float:
+        """Event time of the newest reading held in cells up to `end` (NaN if none)."""
+        for cell in range(end, max(end - self.capacity, -1), -1):
+            slot = cell % self.capacity
+            if self._cell[slot] == cell:
+                ts = self._ts[slot][np.isfinite(self._ts[slot])]
+                if ts.size:
+                    return float(ts.max())
+        return float("nan")

@@ -1,0 +1,236 @@
+"""Calibration on validation assets: temperature, surprise statistics, signal combiner, thresholds.
+
+Everything here replays what the agent will do, with the agent's own code (`agent.risk`):
+the surprise EWMA over consecutive windows, the combination, and the level machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from agent.risk import Level, LevelMachine, SurpriseTracker, combine, surprise_probability
+from agent.spec import Combiner, Normalisation, SurpriseStats, Thresholds
+from training.labels import WindowSet
+from training.model import Forecaster
+
+FloatArray = npt.NDArray[np.float64]
+SECONDS_PER_DAY = 86_400.0
+N_QUANTILES = 101
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Model outputs for a set of windows, in the set's order."""
+
+    mean: npt.NDArray[np.float32]     # [N, H, C]
+    logvar: npt.NDArray[np.float32]   # [N, H, C]
+    logit: npt.NDArray[np.float32]    # [N]
+    tail: npt.NDArray[np.float32]     # [N, H, C] the newest H normalised cells of each window
+
+
+def predict(model: Forecaster, ws: WindowSet, norm: Normalisation, batch: int = 2048) -> Predictions:
+    """Run the model over every window (eval mode, no gradients)."""
+    model.eval()
+    parts: list[tuple[np.ndarray, ...]] = []
+    h = ws.horizon
+    with torch.no_grad():
+        for start in range(0, len(ws), batch):
+            idx = np.arange(start, min(start + batch, len(ws)))
+            x = ws.x(idx, norm)
+            mean, logvar, logit = model.heads(torch.from_numpy(x))
+            parts.append((mean.numpy(), logvar.numpy(), logit.numpy(), x[:, -h:, :]))
+    if not parts:
+        c = ws.cells.shape[1]
+        e = np.empty((0, h, c), dtype=np.float32)
+        return Predictions(e, e, np.empty(0, dtype=np.float32), e)
+    return Predictions(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+
+
+def fit_temperature(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float32]) -> float:
+    """Temperature scaling: the T minimising validation log-loss of sigmoid(logit / T)."""
+    if labels.min() == labels.max():
+        return 1.0
+    z = torch.from_numpy(logits.astype(np.float64))
+    y = torch.from_numpy(labels.astype(np.float64))
+    grid = torch.exp(torch.linspace(-3.0, 3.0, 241, dtype=torch.float64))
+    losses = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(z / t, y) for t in grid])
+    return float(grid[int(torch.argmin(losses))])
+
+
+def surprise_scores(ws: WindowSet, pred: Predictions, alpha: float) -> FloatArray:
+    """The agent's smoothed surprise score for each window (NaN where it has none yet)."""
+    out = np.full(len(ws), np.nan)
+    for a in np.unique(ws.asset):
+        idx = np.flatnonzero(ws.asset == a)
+        idx = idx[np.argsort(ws.end_cell[idx], kind="stable")]
+        tracker = SurpriseTracker(alpha)
+        for i in idx:
+            s = tracker.update(int(ws.end_cell[i]), pred.tail[i].astype(np.float64),
+                               pred.mean[i].astype(np.float64), pred.logvar[i].astype(np.float64))
+            if s is not None:
+                out[i] = float(np.mean(s))
+    return out
+
+
+def fit_surprise(scores: FloatArray, healthy: npt.NDArray[np.bool_], alpha: float) -> SurpriseStats:
+    """The healthy distribution of the surprise score, as quantiles."""
+    ok = healthy & np.isfinite(scores)
+    if ok.sum() < 10:
+        raise ValueError("too few healthy validation windows to calibrate surprise (need >= 10)")
+    q = np.quantile(scores[ok], np.linspace(0.0, 1.0, N_QUANTILES))
+    return SurpriseStats(alpha, tuple(float(v) for v in np.maximum.accumulate(q)))
+
+
+def fail_probabilities(logits: npt.NDArray[np.float32], temperature: float) -> FloatArray:
+    return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature)))
+
+
+def surprise_probabilities(scores: FloatArray, stats: SurpriseStats) -> FloatArray:
+    return np.array([surprise_probability(s, stats) if np.isfinite(s) else np.nan for s in scores])
+
+
+def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.NDArray[np.float32]
+                 ) -> Combiner:
+    """Logistic regression of the failure label on the logits of both signals.
+
+    Weights are kept non-negative: more surprise or a higher failure probability never
+    lowers risk. Without failure labels, risk is the surprise probability itself.
+    """
+    if p_fail is None or labels.min() == labels.max():
+        return Combiner(0.0, 1.0, 0.0)
+
+    def logit(p: FloatArray) -> FloatArray:
+        p = np.clip(np.nan_to_num(p, nan=0.5), 1e-6, 1 - 1e-6)
+        return np.asarray(np.log(p / (1 - p)))
+
+    feats = torch.from_numpy(np.stack([logit(p_fail), logit(p_surprise)], axis=1))
+    y = torch.from_numpy(labels.astype(np.float64))
+    raw_w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([raw_w, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        w = torch.nn.functional.softplus(raw_w)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(feats @ w + bias, y)
+        loss = loss + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w = torch.nn.functional.softplus(raw_w).detach().numpy()
+    return Combiner(float(w[0]), float(w[1]), float(bias.detach()[0]))
+
+
+def risks(p_fail: FloatArray | None, p_surprise: FloatArray, c: Combiner) -> FloatArray:
+    """The agent's risk for each window."""
+    n = len(p_surprise)
+    return np.array([
+        combine(None if p_fail is None else float(p_fail[i]),
+                None if not np.isfinite(p_surprise[i]) else float(p_surprise[i]), c)
+        for i in range(n)])
+
+
+@dataclass(frozen=True)
+class AlertStats:
+    """What the levels would have done on a data set."""
+
+    warnings: int
+    false_warnings: int
+    criticals: int
+    false_criticals: int
+    asset_days: float
+    failures: int
+    caught: int
+    lead_times_s: tuple[float, ...]
+
+    @property
+    def false_per_asset_day(self) -> float:
+        return self.false_warnings / self.asset_days if self.asset_days else 0.0
+
+
+def replay_levels(ws: WindowSet, risk: FloatArray, thresholds: Thresholds, period_s: float,
+                  fail_horizon: int, failure_cells: dict[int, list[int]]) -> AlertStats:
+    """Run the agent's level machine over each asset's windows in event order and score it.
+
+    An up-transition is false when no failure follows within the failure horizon.
+    A failure is caught when a warning or critical was raised within the horizon before it.
+    """
+    warnings = false_w = crit = false_c = 0
+    leads: list[float] = []
+    n_fail = caught = 0
+    for a in np.unique(ws.asset):
+        idx = np.flatnonzero(ws.asset == a)
+        idx = idx[np.argsort(ws.end_cell[idx], kind="stable")]
+        fails = np.array(sorted(failure_cells.get(int(a), [])), dtype=np.int64)
+        machine = LevelMachine(thresholds)
+        raised: list[int] = []
+        for i in idx:
+            cell = int(ws.end_cell[i])
+            tr = machine.update(float(risk[i]), cell)
+            if tr is None or tr.level <= tr.previous:
+                continue
+            k = np.searchsorted(fails, cell, side="right")
+            true_alarm = k < len(fails) and fails[k] - cell <= fail_horizon
+            if tr.level is Level.WARNING or tr.previous is Level.OK:
+                warnings += 1
+                false_w += not true_alarm
+                raised.append(cell)
+            if tr.level is Level.CRITICAL:
+                crit += 1
+                false_c += not true_alarm
+        for f in fails:
+            n_fail += 1
+            before = [c for c in raised if 0 <= f - c <= fail_horizon]
+            if before:
+                caught += 1
+                leads.append((f - min(before)) * period_s)
+    days = len(ws) * period_s / SECONDS_PER_DAY
+    return AlertStats(warnings, false_w, crit, false_c, days, n_fail, caught, tuple(leads))
+
+
+def calibrate_thresholds(ws: WindowSet, risk: FloatArray, period_s: float, fail_horizon: int,
+                         failure_cells: dict[int, list[int]], budget_per_asset_day: float,
+                         dwell: int = 2, cooldown: int = 30, hysteresis_frac: float = 0.1
+                         ) -> Thresholds:
+    """The lowest thresholds whose false alarms on validation stay within the budget.
+
+    Critical gets a fifth of the warning budget. Candidates are quantiles of the risk seen
+    on healthy windows, so thresholds adapt to how the combined risk is spread.
+    """
+    healthy = risk[ws.fail == 0]
+    qs = np.unique(np.quantile(healthy, [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999,
+                                         0.9995, 0.9999, 1.0]))
+    cands = [float(min(max(q, 0.05), 0.999)) for q in qs] + [0.999]
+
+    def thresholds(w: float, c: float) -> Thresholds:
+        return Thresholds(w, max(c, w), hysteresis=hysteresis_frac * w, dwell=dwell, cooldown=cooldown)
+
+    warn = cands[-1]
+    for w in cands:
+        st = replay_levels(ws, risk, thresholds(w, 1.0), period_s, fail_horizon, failure_cells)
+        if st.false_per_asset_day <= budget_per_asset_day:
+            warn = w
+            break
+    crit = max(warn, cands[-1])
+    for c in (v for v in cands if v >= warn):
+        st = replay_levels(ws, risk, thresholds(warn, c), period_s, fail_horizon, failure_cells)
+        if st.asset_days and st.false_criticals / st.asset_days <= budget_per_asset_day / 5:
+            crit = c
+            break
+    return thresholds(warn, crit)
+
+
+def pr_auc(scores: FloatArray, labels: npt.NDArray[np.float32]) -> float:
+    """Area under the precision-recall curve (average precision)."""
+    if labels.sum() == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    y = labels[order]
+    tp = np.cumsum(y)
+    precision = tp / np.arange(1, len(y) + 1)
+    return float((precision * y).sum() / y.sum())
