@@ -1,0 +1,1 @@
+"""Vigil plant simulator: synthetic degrading pumps as history files or live MQTT readings."""
