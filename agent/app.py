@@ -130,6 +130,7 @@ class Agent:
         self.http = HealthServer(host, port, self.registry, self.readiness)
         self.watcher = ModelWatcher(cfg.model.path, cfg.model.watch_interval_s)
         self._stop = threading.Event()
+        self.crashed = False
         self._new_model: Runtime | None = None
         self._swap_lock = threading.Lock()
 
@@ -151,7 +152,7 @@ class Agent:
 
     def readiness(self) -> dict[str, bool]:
         return {"connected": self.link.connected.is_set(), "subscribed": self.link.subscribed.is_set(),
-                "model_loaded": self.pipeline.runtime is not None, "outbox_not_full": not self.outbox.full}
+                "model_loaded": self.pipeline.runtime is not None, "worker_alive": not self.crashed, "outbox_not_full": not self.outbox.full}
 
     def stop(self) -> None:
         self._stop.set()
@@ -179,7 +180,7 @@ class Agent:
         self.http.stop()
         self.outbox.close()
         self.log.info("agent_stopped", outbox_pending=len(self.outbox))
-        return 0
+        return 1 if self.crashed else 0
 
     def _flush_outbox(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -191,6 +192,16 @@ class Agent:
     # -- the worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except Exception:
+            # Input never gets here (it is rejected and counted); this is a bug. Fail loudly:
+            # readiness drops and the process exits non-zero so a supervisor restarts it.
+            self.log.exception("worker_crashed")
+            self.crashed = True
+            self._stop.set()
+
+    def _work_loop(self) -> None:
         cfg = self.cfg.inference
         first_due: float | None = None
         while not self._stop.is_set():

@@ -229,9 +229,14 @@ class Pipeline:
                                               per_channel))
         return out
 
+    def _event_ts(self, st: AssetState, end: int) -> float:
+        """Event time of the newest reading in the scored window (its cell's start if none)."""
+        ts = st.window.newest_ts(end)
+        return ts if ts == ts else end * self.spec.period_s
+
     def _risk_doc(self, asset: str, st: AssetState, end: int, signals: dict[str, float],
                   per_channel: np.ndarray | None) -> RiskOut:
-        doc = {"asset": asset, "ts": rfc3339_ms(st.window.newest_ts(end)), "risk": round(st.risk, 6),
+        doc = {"asset": asset, "ts": rfc3339_ms(self._event_ts(st, end)), "risk": round(st.risk, 6),
                "level": st.level.level.label, "stale": st.stale, "signals": signals,
                "model_version": self.spec.version}
         return RiskOut(asset, doc, st.arrival)
@@ -239,7 +244,7 @@ class Pipeline:
     def _alert(self, asset: str, st: AssetState, cell: int, level: Level, previous: Level,
                risk: float, per_channel: np.ndarray | None) -> AlertOut:
         doc = {
-            "asset": asset, "ts": rfc3339_ms(st.window.newest_ts(cell)), "level": level.label,
+            "asset": asset, "ts": rfc3339_ms(self._event_ts(st, cell)), "level": level.label,
             "previous_level": previous.label, "risk": round(risk, 6),
             "horizon_s": self.spec.horizon_s,
             "top_channels": top_channels(per_channel, self.spec.channels),

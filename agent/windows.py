@@ -189,13 +189,15 @@ class AssetWindow:
         return filled[-self.window :]
 
     def closed_cell(self) -> int:
-        """The newest cell that can be scored now: the newest if complete, else the one before."""
+        """The newest cell that can be scored now: the newest once every channel has a value
+        in it, else the one before it if that one holds any reading; -1 when neither."""
         if self.newest < 0:
             return -1
         slot = self.newest % self.capacity
-        if self._cell[slot] == self.newest and bool(np.isfinite(self._ts[slot]).all()):
+        if bool(np.isfinite(self._ts[slot]).all()):
             return self.newest
-        return self.newest - 1
+        prev = self.newest - 1
+        return prev if self._cell[prev % self.capacity] == prev else -1
 
     def due(self) -> int | None:
         """The end cell of the next window to score, if one is due by event time."""

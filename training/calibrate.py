@@ -203,9 +203,9 @@ def calibrate_thresholds(ws: WindowSet, risk: FloatArray, period_s: float, fail_
     on healthy windows, so thresholds adapt to how the combined risk is spread.
     """
     healthy = risk[ws.fail == 0]
-    qs = np.unique(np.quantile(healthy, [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999,
-                                         0.9995, 0.9999, 1.0]))
-    cands = [float(min(max(q, 0.05), 0.999)) for q in qs] + [0.999]
+    # Dense near the top, where a budget of about one alarm a month puts the threshold.
+    tail = 1.0 - np.logspace(-5.0, -0.3, 48)
+    cands = sorted({float(min(max(q, 0.05), 0.999)) for q in np.quantile(healthy, tail)} | {0.999})
 
     def thresholds(w: float, c: float) -> Thresholds:
         return Thresholds(w, max(c, w), hysteresis=hysteresis_frac * w, dwell=dwell, cooldown=cooldown)

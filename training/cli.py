@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--period", type=_positive_float, help="sample period in seconds (default: inferred)")
     f.add_argument("--window", type=_positive_int, default=30, help="window length W in cells")
     f.add_argument("--horizon", type=_positive_int, default=5, help="forecast horizon H in cells")
-    f.add_argument("--fail-horizon", type=_positive_int, default=360,
+    f.add_argument("--fail-horizon", type=_positive_int, default=1440,
                    help="failure horizon in cells: fail_prob is P(failure within it)")
     f.add_argument("--max-gap", type=int, default=5, help="gaps up to this many cells are filled forward")
     f.add_argument("--hidden", type=_positive_int, default=32, help="LSTM hidden units")

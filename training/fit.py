@@ -31,7 +31,7 @@ class FitOptions:
     period_s: float | None = None
     window: int = 30
     horizon: int = 5
-    fail_horizon: int = 360
+    fail_horizon: int = 1440
     max_gap: int = 5
     hidden: int = 32
     layers: int = 1

@@ -87,8 +87,9 @@ def build_windows(history: History, events: list[Event], *, window: int, horizon
             same_life = life[np.minimum(te, n - 1)] == life[e_idx[in_range]]
             target_ok[in_range] = whole & same_life
         ec = cell_ids[e_idx]
-        nxt = np.searchsorted(failures, ec, side="right")
-        next_fail = np.where(nxt < len(failures), failures[np.minimum(nxt, len(failures) - 1)], np.iinfo(np.int64).max)
+        # A sentinel far in the future: an asset that never fails has every label 0.
+        upcoming = np.append(failures, np.iinfo(np.int64).max // 2)
+        next_fail = upcoming[np.searchsorted(failures, ec, side="right")]
         label = (next_fail - ec) <= fail_horizon
         blocks.append(filled)
         ends.append(e_idx + offset)
