@@ -119,9 +119,12 @@ class ModelSpec:
             raise ModelError(f"model metadata invalid: {where}: {first['msg']}") from exc
 
     def with_version(self, weights: bytes) -> ModelSpec:
-        """This spec with `version` set to a content hash of the weights and the metadata."""
+        """This spec with `version` set to a content hash of the weights and the metadata.
+
+        `created_at` is left out, so the same training run twice gets the same version.
+        """
         h = hashlib.sha256(weights)
-        h.update(replace(self, version="").to_json().encode())
+        h.update(replace(self, version="", created_at="").to_json().encode())
         return replace(self, version=h.hexdigest()[:12])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -67,18 +68,33 @@ def _epoch_seconds(col: pa.ChunkedArray, path: Path) -> FloatArray:
     if pa.types.is_timestamp(col.type):
         return np.asarray(pc.cast(col, pa.timestamp("us", "UTC")).cast(pa.int64()), dtype=np.float64) / 1e6
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        try:
-            parsed = pc.strptime(col, format="%Y-%m-%dT%H:%M:%S%z", unit="us", error_is_null=True)
-        except pa.ArrowInvalid as exc:
-            raise DataError(f"{path}: column ts: {exc}") from exc
-        bad = pc.is_null(parsed)
-        if pc.any(bad).as_py():
-            row = int(np.argmax(np.asarray(bad))) + 2  # +1 for the header, +1 for 1-based rows
+        # A text column may mix RFC 3339 and epoch numbers; each row may be either.
+        col = col.combine_chunks()
+        parsed = pc.strptime(col, format="%Y-%m-%dT%H:%M:%S%z", unit="us", error_is_null=True)
+        out = np.asarray(parsed.cast(pa.int64()).fill_null(0), dtype=np.float64) / 1e6
+        numeric = np.asarray(pc.match_substring_regex(col, r"^\s*-?\d+(\.\d*)?\s*$").fill_null(False))
+        if numeric.any():
+            out[numeric] = np.asarray(pc.cast(pc.filter(col, pa.array(numeric)), pa.float64()))
+        bad = np.asarray(pc.is_null(parsed)) & ~numeric
+        for i in np.flatnonzero(bad):  # what Arrow's strptime cannot: fractional seconds
+            ts = _iso_seconds(col[int(i)].as_py())
+            if ts is not None:
+                out[i], bad[i] = ts, False
+        if bad.any():
+            row = int(np.argmax(bad)) + 2  # +1 for the header, +1 for 1-based rows
             raise DataError(f"{path}: row {row}, column ts: not epoch seconds or RFC 3339")
-        return np.asarray(parsed.cast(pa.int64()), dtype=np.float64) / 1e6
+        return out
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         return np.asarray(col.cast(pa.float64()), dtype=np.float64)
     raise DataError(f"{path}: column ts has type {col.type}, expected numbers or RFC 3339 text")
+
+
+def _iso_seconds(text: str | None) -> float | None:
+    try:
+        dt = datetime.fromisoformat(text or "")
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo is not None else None
 
 
 def _check_finite(arr: FloatArray, path: Path, column: str) -> None:

@@ -1,0 +1,87 @@
+"""History and events loaders on small files the tests write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.errors import DataError
+from training.data import infer_period, load_events, load_history
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+class TestLoadHistory:
+    def test_epoch_and_rfc3339_give_the_same_grid(self, tmp_path: Path) -> None:
+        """Timestamps as epoch seconds and as RFC 3339 text resample identically."""
+        a = write(tmp_path / "a.csv", "ts,asset,channel,value\n0,p1,t,1.0\n60,p1,t,2.0\n0,p1,v,5\n60,p1,v,6\n")
+        b = write(tmp_path / "b.csv", "ts,asset,channel,value\n1970-01-01T00:00:00Z,p1,t,1.0\n"
+                  "1970-01-01T00:01:00+00:00,p1,t,2.0\n1970-01-01T00:00:00Z,p1,v,5\n1970-01-01T00:01:00Z,p1,v,6\n")
+        ha, hb = load_history(a), load_history(b)
+        assert ha.channels == hb.channels == ("t", "v")
+        assert ha.period_s == hb.period_s == 60.0
+        np.testing.assert_array_equal(ha.assets[0].grid, hb.assets[0].grid)
+        np.testing.assert_array_equal(ha.assets[0].grid, [[1.0, 5.0], [2.0, 6.0]])
+
+    def test_missing_cells_stay_nan_and_assets_are_separate(self, tmp_path: Path) -> None:
+        """A cell without a reading is NaN; each asset gets its own series."""
+        f = write(tmp_path / "h.csv", "ts,asset,channel,value\n0,p1,t,1\n120,p1,t,3\n0,p2,t,7\n60,p2,t,8\n")
+        h = load_history(f, period_s=60)
+        by = {s.asset: s for s in h.assets}
+        assert np.isnan(by["p1"].grid[1, 0]) and by["p1"].grid[2, 0] == 3
+        assert by["p2"].grid[:, 0].tolist() == [7, 8]
+
+    def test_fractional_and_offset_timestamps(self, tmp_path: Path) -> None:
+        """RFC 3339 with fractional seconds and offsets parses to the right instant."""
+        f = write(tmp_path / "h.csv", "ts,asset,channel,value\n1970-01-01T00:00:00.500Z,p1,t,1\n"
+                  "1970-01-01T02:01:00+02:00,p1,t,2\n")
+        h = load_history(f, period_s=60)
+        assert h.assets[0].start_cell == 0 and h.assets[0].grid[:, 0].tolist() == [1, 2]
+
+    def test_channel_order_follows_request(self, tmp_path: Path) -> None:
+        """Passing the model's channels orders the grid by them and drops other channels."""
+        f = write(tmp_path / "h.csv", "ts,asset,channel,value\n0,p1,a,1\n0,p1,b,2\n0,p1,c,3\n60,p1,a,1\n")
+        h = load_history(f, period_s=60, channels=("c", "a"))
+        assert h.channels == ("c", "a")
+        assert h.assets[0].grid[0].tolist() == [3, 1]
+
+    @pytest.mark.parametrize(("body", "needle"), [
+        ("ts,asset,value\n0,p1,1\n", "missing column"),
+        ("ts,asset,channel,value\n0,p1,t,1\n60,p1,t,abc\n", "value"),
+        ("ts,asset,channel,value\n0,p1,t,1\nyesterday,p1,t,2\n", "row 3, column ts"),
+        ("ts,asset,channel,value\n0,p1,t,1\n60,p1,t,\n", "row 3, column value"),
+        ("ts,asset,channel,value\n", "no rows"),
+    ])
+    def test_bad_files_name_the_problem(self, tmp_path: Path, body: str, needle: str) -> None:
+        """A malformed file raises DataError naming the file and where the problem is."""
+        f = write(tmp_path / "bad.csv", body)
+        with pytest.raises(DataError) as exc:
+            load_history(f)
+        assert "bad.csv" in str(exc.value) and needle in str(exc.value)
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A missing file is a DataError, not a traceback from deep inside."""
+        with pytest.raises(DataError, match="no such file"):
+            load_history(tmp_path / "nope.csv")
+
+
+class TestPeriodAndEvents:
+    def test_infer_period_is_the_median_gap_within_series(self) -> None:
+        """Gaps are measured within a series, never across series."""
+        ts = np.array([0, 10, 20, 30, 5, 15, 25], dtype=float)
+        keys = np.array([0, 0, 0, 0, 1, 1, 1])
+        assert infer_period(ts, keys) == 10.0
+
+    def test_events_loaded_and_bad_kind_rejected(self, tmp_path: Path) -> None:
+        """Events parse; an unknown event kind names its row."""
+        ok = write(tmp_path / "e.csv", "ts,asset,event\n100,p1,failure\n200,p1,maintenance\n")
+        evs = load_events(ok)
+        assert [(e.ts, e.asset, e.event) for e in evs] == [(100, "p1", "failure"), (200, "p1", "maintenance")]
+        bad = write(tmp_path / "bad.csv", "ts,asset,event\n100,p1,failure\n200,p1,exploded\n")
+        with pytest.raises(DataError, match="row 3, column event"):
+            load_events(bad)
