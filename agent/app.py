@@ -204,16 +204,21 @@ class Agent:
     def _work_loop(self) -> None:
         cfg = self.cfg.inference
         first_due: float | None = None
+        next_sweep = time.monotonic() + 1.0
         while not self._stop.is_set():
             self._ingest_some()
             now = time.monotonic()
-            if self.pipeline.n_due:
+            if self.pipeline.n_ready:
                 first_due = first_due if first_due is not None else now
-                if (self.pipeline.n_due >= cfg.max_batch
+                if (self.pipeline.n_ready >= cfg.max_batch
                         or now - first_due >= cfg.max_wait_ms / 1000.0):
-                    while self.pipeline.n_due:
+                    while self.pipeline.n_ready:
                         self._publish(self.pipeline.run_batch(cfg.max_batch))
                     first_due = None
+            if now >= next_sweep:
+                self._publish(BatchResult(risks=self.pipeline.sweep_stale()))
+                self.metrics.assets_stale.set(self.pipeline.n_stale)
+                next_sweep = now + 1.0
             self.sender.drain()
             self.metrics.queue_depth.set(self.queue.qsize())
             self._maybe_swap()
@@ -231,9 +236,10 @@ class Agent:
             accepted += n
             if why:
                 rejects.update(why)
-                self._rejects_log.warning("readings_rejected", key=why[0].value,
+                if why[0].is_rejection:
+                    self._rejects_log.warning("readings_rejected", key=why[0].value,
                                           reason=why[0].value, topic=topic[:200])
-            if self.pipeline.n_due >= self.cfg.inference.max_batch:
+            if self.pipeline.n_ready >= self.cfg.inference.max_batch:
                 break
             try:
                 item = self.queue.get_nowait()
@@ -243,7 +249,10 @@ class Agent:
         if accepted:
             self.metrics.readings_accepted.inc(accepted)
         for reason, n in rejects.items():
-            self.metrics.readings_rejected.labels(reason.value).inc(n)
+            if reason.is_rejection:
+                self.metrics.readings_rejected.labels(reason.value).inc(n)
+            else:
+                self.metrics.readings_skipped.inc(n)
 
     def _publish(self, result: BatchResult) -> None:
         prefix = self.cfg.outputs.prefix

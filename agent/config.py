@@ -163,6 +163,15 @@ class WindowsConfig(_Strict):
     max_payload_bytes: Annotated[int, Field(ge=16)] = 65_536
 
 
+class AssetsConfig(_Strict):
+    """Which assets this agent serves: glob patterns (fnmatch); empty means every asset.
+
+    Several agents on one broker split a plant statically by giving each its own patterns.
+    """
+
+    allow: list[str] = []
+
+
 class InferenceConfig(_Strict):
     max_batch: Annotated[int, Field(ge=1, le=65_536)] = 256
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
@@ -188,6 +197,7 @@ class AgentConfig(_Strict):
     outputs: OutputsConfig = OutputsConfig()
     http: HTTPConfig = HTTPConfig()
     windows: WindowsConfig = WindowsConfig()
+    assets: AssetsConfig = AssetsConfig()
     inference: InferenceConfig = InferenceConfig()
     state: StateConfig = Field(default_factory=StateConfig)
     log: LogConfig = LogConfig()

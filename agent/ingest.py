@@ -33,6 +33,11 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate"        # same asset, channel and ts as a reading already held
     CHANNEL = "unknown_channel"    # not one of the model's channels
     ASSET_LIMIT = "asset_limit"    # a new asset beyond max_assets
+    NOT_MINE = "not_mine"          # an asset this agent does not serve (not a rejection)
+
+    @property
+    def is_rejection(self) -> bool:
+        return self is not Reason.NOT_MINE
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,11 @@ class Metrics:
             "vigil_readings_rejected", "Rejected readings (a message that cannot be decoded counts once).",
             ["reason"], registry=r)
         for reason in Reason:  # every reason visible at zero, so rate() works from the start
-            self.readings_rejected.labels(reason.value)
+            if reason.is_rejection:
+                self.readings_rejected.labels(reason.value)
+        self.readings_skipped = Counter(
+            "vigil_readings_skipped", "Readings of assets this agent does not serve ([assets] allow).",
+            registry=r)
         self.messages_dropped = Counter(
             "vigil_messages_dropped", "Messages dropped because the intake queue was full.", registry=r)
         self.windows_inferred = Counter(

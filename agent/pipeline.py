@@ -6,6 +6,7 @@ nothing of MQTT: it returns what to publish, and the app publishes it.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,8 +78,10 @@ class Pipeline:
         self.log = log
         self.agent_id = cfg.resolved_agent_id
         self.assets: dict[str, AssetState] = {}
-        self._due: dict[str, None] = {}  # insertion-ordered set of assets with a window due
+        self._due: dict[str, None] = {}  # insertion-ordered set of assets with windows ready
+        self.n_ready = 0                  # windows closed and waiting to be scored
         self._floor = cfg.windows.ts_floor.timestamp()
+        self._allowed: dict[str, bool] = {}
         self.runtime = runtime
         self._set_runtime(runtime)
 
@@ -113,6 +116,7 @@ class Pipeline:
         else:
             self.assets.clear()
             self._due.clear()
+            self.n_ready = 0
         return keep
 
     # -- intake ------------------------------------------------------------------------------
@@ -148,22 +152,57 @@ class Pipeline:
             return Reason.TOO_OLD
         st = self.assets.get(r.asset)
         if st is None:
+            if not self._serves(r.asset):
+                return Reason.NOT_MINE
             if len(self.assets) >= self.cfg.windows.max_assets:
                 return Reason.ASSET_LIMIT
             st = self.assets[r.asset] = self._new_asset()
-        res = st.window.update(cell_of(r.ts, self.spec.period_s), r.channel, r.ts, r.value)
+        w = st.window
+        before = len(w.ready)
+        res = w.update(cell_of(r.ts, self.spec.period_s), r.channel, r.ts, r.value)
         if res is Update.TOO_LATE:
             return Reason.LATE
         if res is Update.DUPLICATE:
             return Reason.DUPLICATE
         st.arrival = mono
-        if st.window.due() is not None:
+        if len(w.ready) > before:
+            self.n_ready += len(w.ready) - before
             self._due[r.asset] = None
         return None
 
+    def _serves(self, asset: str) -> bool:
+        patterns = self.cfg.assets.allow
+        if not patterns:
+            return True
+        hit = self._allowed.get(asset)
+        if hit is None:
+            hit = any(fnmatch.fnmatchcase(asset, p) for p in patterns)
+            if len(self._allowed) >= 4 * self.cfg.windows.max_assets:  # never grows without end
+                self._allowed.clear()
+            self._allowed[asset] = hit
+        return hit
+
+    def sweep_stale(self) -> list[RiskOut]:
+        """Mark assets stale whose readings stopped while the plant's event time moved on.
+
+        Event time, not wall time: an asset is stale once the newest cell seen from any asset
+        is more than `max_gap` cells past its own newest cell.
+        """
+        if not self.assets:
+            return []
+        watermark = max(st.window.newest for st in self.assets.values())
+        limit = watermark - self.cfg.windows.max_gap - 1
+        out = []
+        for asset, st in self.assets.items():
+            if not st.stale and st.window.newest < limit:
+                st.stale = True
+                newest = st.window.newest
+                out.append(self._risk_doc(asset, st, newest, st.window.newest_ts(newest), {}))
+        return out
+
     @property
-    def n_due(self) -> int:
-        return len(self._due)
+    def n_stale(self) -> int:
+        return sum(1 for st in self.assets.values() if st.stale)
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -172,26 +211,24 @@ class Pipeline:
         out = BatchResult()
         names: list[str] = []
         ends: list[int] = []
+        stamps: list[float] = []
         xs: list[np.ndarray] = []
         while self._due and len(names) < max_batch:
             asset = next(iter(self._due))
             del self._due[asset]
             st = self.assets[asset]
-            end = st.window.due()
-            if end is None:
-                continue
-            st.window.mark_scored(end)
-            x = st.window.extract(end)
-            if x is None:
-                if not st.stale:
-                    st.stale = True
-                    out.risks.append(self._risk_doc(asset, st, end, {}, None))
-                continue
-            st.stale = False
-            names.append(asset)
-            ends.append(end)
-            xs.append(x)
-        self.metrics.assets_stale.set(sum(1 for s in self.assets.values() if s.stale))
+            for closed in st.window.take():
+                self.n_ready -= 1
+                if closed.window is None:
+                    if not st.stale:
+                        st.stale = True
+                        out.risks.append(self._risk_doc(asset, st, closed.end, closed.newest_ts, {}))
+                    continue
+                st.stale = False
+                names.append(asset)
+                ends.append(closed.end)
+                stamps.append(closed.newest_ts)
+                xs.append(closed.window)
         self.metrics.assets.set(len(self.assets))
         if not names:
             return out
@@ -222,29 +259,28 @@ class Pipeline:
                 signals["fail_prob"] = round(p_fail, 6)
             if p_surprise is not None:
                 signals["surprise"] = round(p_surprise, 6)
-            out.risks.append(self._risk_doc(asset, st, ends[i], signals, per_channel))
+            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals))
             tr = st.level.update(risk, ends[i])
             if tr is not None:
-                out.alerts.append(self._alert(asset, st, tr.cell, tr.level, tr.previous, risk,
+                out.alerts.append(self._alert(asset, tr.cell, stamps[i], tr.level, tr.previous, risk,
                                               per_channel))
         return out
 
-    def _event_ts(self, st: AssetState, end: int) -> float:
-        """Event time of the newest reading in the scored window (its cell's start if none)."""
-        ts = st.window.newest_ts(end)
-        return ts if ts == ts else end * self.spec.period_s
+    def _event_ts(self, end: int, newest_ts: float) -> str:
+        """RFC 3339 event time of the newest reading in the scored window (its cell's start if none)."""
+        return rfc3339_ms(newest_ts if newest_ts == newest_ts else end * self.spec.period_s)
 
-    def _risk_doc(self, asset: str, st: AssetState, end: int, signals: dict[str, float],
-                  per_channel: np.ndarray | None) -> RiskOut:
-        doc = {"asset": asset, "ts": rfc3339_ms(self._event_ts(st, end)), "risk": round(st.risk, 6),
+    def _risk_doc(self, asset: str, st: AssetState, end: int, newest_ts: float,
+                  signals: dict[str, float]) -> RiskOut:
+        doc = {"asset": asset, "ts": self._event_ts(end, newest_ts), "risk": round(st.risk, 6),
                "level": st.level.level.label, "stale": st.stale, "signals": signals,
                "model_version": self.spec.version}
         return RiskOut(asset, doc, st.arrival)
 
-    def _alert(self, asset: str, st: AssetState, cell: int, level: Level, previous: Level,
+    def _alert(self, asset: str, cell: int, newest_ts: float, level: Level, previous: Level,
                risk: float, per_channel: np.ndarray | None) -> AlertOut:
         doc = {
-            "asset": asset, "ts": rfc3339_ms(self._event_ts(st, cell)), "level": level.label,
+            "asset": asset, "ts": self._event_ts(cell, newest_ts), "level": level.label,
             "previous_level": previous.label, "risk": round(risk, 6),
             "horizon_s": self.spec.horizon_s,
             "top_channels": top_channels(per_channel, self.spec.channels),

@@ -11,6 +11,7 @@ and runs the very same `fill_forward` on it, so serving windows equal training w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
@@ -104,11 +105,24 @@ class Update(IntEnum):
     TOO_LATE = 2
 
 
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A window closed by event time: its end cell, the filled window (None if a cell in it
+    is not whole), and the event time of the newest reading in it."""
+
+    end: int
+    window: FloatArray | None
+    newest_ts: float
+
+
 class AssetWindow:
     """Recent cells of one asset in a preallocated ring buffer, closed by event time.
 
-    The newest cell is scored once every channel has a value in it, or once a newer cell
-    starts. Readings up to `lateness` cells behind the newest still land in their cell.
+    A cell closes once every channel has a value in it, or once a reading for a newer cell
+    arrives. A closing cell's window is extracted at that moment and queued in `ready`, so
+    every closed window is scored however fast readings arrive (a replay at 100x decides
+    as real time does). Readings up to `lateness` cells behind the newest still land in
+    their cell and count for later windows.
     """
 
     def __init__(
@@ -133,36 +147,58 @@ class AssetWindow:
         self._ts = np.full((self.capacity, n_channels), -np.inf)
         self._count = np.zeros((self.capacity, n_channels), dtype=np.int32)
         self._cell = np.full(self.capacity, -1, dtype=np.int64)
+        self._filled = [0] * self.capacity  # channels with a value, per slot
         self.newest = -1
-        self.last_scored = -1
+        self.last_closed = -1
+        self.ready: list[Closed] = []
 
     def update(self, cell: int, channel: int, ts: float, value: float) -> Update:
-        """Write one reading (already validated) into its cell."""
+        """Write one reading (already validated) into its cell; closed windows go to `ready`."""
         if cell > self.newest:
+            if self.newest > self.last_closed:
+                self._close(self.newest)  # a newer cell starts: the newest one is done
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             return Update.TOO_LATE
         slot = cell % self.capacity
         if self._cell[slot] != cell:  # a late reading for a cell that never had one
             self._clear(slot, cell)
-        if ts == self._ts[slot, channel]:
+        held = self._ts[slot, channel]
+        if ts == held:
             return Update.DUPLICATE
         if self.agg == "mean":
             n = self._count[slot, channel]
             prev = self._values[slot, channel] if n else 0.0
             self._values[slot, channel] = prev + (value - prev) / (n + 1)
             self._count[slot, channel] = n + 1
-            self._ts[slot, channel] = max(ts, self._ts[slot, channel])
-        elif ts > self._ts[slot, channel]:
+            self._ts[slot, channel] = max(ts, held)
+        elif ts > held:
             self._values[slot, channel] = value
             self._ts[slot, channel] = ts
+        if held == -np.inf:
+            self._filled[slot] += 1
+            if (cell == self.newest and cell > self.last_closed
+                    and self._filled[slot] == self.n_channels):
+                self._close(cell)
         return Update.ACCEPTED
+
+    def _close(self, end: int) -> None:
+        if self.last_closed >= 0 and end - self.last_closed < self.stride:
+            return
+        self.last_closed = end
+        self.ready.append(Closed(end, self.extract(end), self.newest_ts(end)))
+
+    def take(self) -> list[Closed]:
+        """The windows closed since the last call, oldest first."""
+        out, self.ready = self.ready, []
+        return out
 
     def _clear(self, slot: int, cell: int) -> None:
         self._cell[slot] = cell
         self._values[slot] = np.nan
         self._ts[slot] = -np.inf
         self._count[slot] = 0
+        self._filled[slot] = 0
 
     def _advance(self, cell: int) -> None:
         if self.newest < 0 or cell - self.newest >= self.capacity:
@@ -183,33 +219,13 @@ class AssetWindow:
     def extract(self, end: int) -> FloatArray | None:
         """The filled window ending at cell `end`, or None if some cell in it is not whole."""
         raw = self.cells(end, self.window + self.max_gap)
+        tail = raw[-self.window :]
+        if not np.isnan(tail).any():  # the common case: nothing to fill
+            return tail
         filled, ok = fill_forward(raw, self.max_gap)
         if not ok[-self.window :].all():
             return None
         return filled[-self.window :]
-
-    def closed_cell(self) -> int:
-        """The newest cell that can be scored now: the newest once every channel has a value
-        in it, else the one before it if that one holds any reading; -1 when neither."""
-        if self.newest < 0:
-            return -1
-        slot = self.newest % self.capacity
-        if bool(np.isfinite(self._ts[slot]).all()):
-            return self.newest
-        prev = self.newest - 1
-        return prev if self._cell[prev % self.capacity] == prev else -1
-
-    def due(self) -> int | None:
-        """The end cell of the next window to score, if one is due by event time."""
-        end = self.closed_cell()
-        if end < 0 or end <= self.last_scored:
-            return None
-        if self.last_scored >= 0 and end - self.last_scored < self.stride:
-            return None
-        return end
-
-    def mark_scored(self, end: int) -> None:
-        self.last_scored = end
 
     def newest_ts(self, end: int) -> float:
         """Event time of the newest reading held in cells up to `end` (NaN if none)."""
