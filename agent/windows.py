@@ -149,6 +149,7 @@ class AssetWindow:
         self._cell = np.full(self.capacity, -1, dtype=np.int64)
         self._filled = [0] * self.capacity  # channels with a value, per slot
         self.newest = -1
+        self.first = -1  # the first cell ever held: no window before first + window - 1
         self.last_closed = -1
         self.ready: list[Closed] = []
 
@@ -183,6 +184,8 @@ class AssetWindow:
         return Update.ACCEPTED
 
     def _close(self, end: int) -> None:
+        if end - self.first + 1 < self.window:
+            return  # still warming up: not enough cells yet for a first window (not stale)
         if self.last_closed >= 0 and end - self.last_closed < self.stride:
             return
         self.last_closed = end
@@ -201,6 +204,8 @@ class AssetWindow:
         self._filled[slot] = 0
 
     def _advance(self, cell: int) -> None:
+        if self.newest < 0:
+            self.first = cell
         if self.newest < 0 or cell - self.newest >= self.capacity:
             self._cell[:] = -1
         else:
