@@ -99,8 +99,14 @@ class SubscriptionConfig(_Strict):
     def _template_fits_filter(self) -> SubscriptionConfig:
         f_levels = self.filter.split("/")
         t_levels = self.template.split("/")
-        if "#" in self.filter:
-            raise ValueError("'#' filters are not supported: name every level in the template")
+        if "#" in f_levels[:-1] or any("#" in f and f != "#" for f in f_levels):
+            raise ValueError("'#' may only stand alone as the filter's last level")
+        if f_levels[-1] == "#":
+            # A '#' filter takes any depth; the template names the depth it accepts, and
+            # topics of another depth are rejected with reason `topic`.
+            if len(t_levels) < len(f_levels) - 1:
+                raise ValueError(f"template {self.template!r} is shorter than filter {self.filter!r}")
+            f_levels = f_levels[:-1] + ["#"] * (len(t_levels) - len(f_levels) + 1)
         if len(f_levels) != len(t_levels):
             raise ValueError(f"template {self.template!r} has {len(t_levels)} levels, "
                              f"filter {self.filter!r} has {len(f_levels)}")
@@ -111,7 +117,7 @@ class SubscriptionConfig(_Strict):
                 names.append(m.group(1))
             elif f == "+":
                 raise ValueError(f"filter level '+' needs a {{name}} in the template, got {t!r}")
-            elif f != t:
+            elif f not in ("#", t):
                 raise ValueError(f"template level {t!r} does not match filter level {f!r}")
         if len(set(names)) != len(names):
             raise ValueError("template names a part twice")
