@@ -233,8 +233,7 @@ class Pipeline:
         if not names:
             return out
         s = self.spec
-        raw = np.stack(xs)
-        x = ((raw - np.asarray(s.normalisation.mean)) / np.asarray(s.normalisation.std)).astype(np.float32)
+        x = s.normalise(np.stack(xs))
         t0 = time.perf_counter()
         outputs = self.runtime.infer(x)
         self.metrics.inference_duration.observe(time.perf_counter() - t0)

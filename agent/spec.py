@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import TypeAdapter, ValidationError
 
 from agent.errors import ModelError
@@ -89,6 +91,12 @@ class ModelSpec:
     @property
     def n_channels(self) -> int:
         return len(self.channels)
+
+    def normalise(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        """Raw windows [..., C] into the model's input space. Training and the agent both call
+        this, so what the model saw in training is what it sees in service."""
+        n = self.normalisation
+        return ((x - np.asarray(n.mean)) / np.asarray(n.std)).astype(np.float32)
 
     @property
     def horizon_s(self) -> float:
