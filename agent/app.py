@@ -6,14 +6,14 @@ import os
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from agent.alerts import Outbox, Pending, encode
+from agent.alerts import AlertSender, Outbox, encode
 from agent.config import AgentConfig
 from agent.errors import ModelError
 from agent.http import HealthServer
@@ -23,63 +23,9 @@ from agent.metrics import Metrics
 from agent.mqtt import Link
 from agent.pipeline import BatchResult, Pipeline
 from agent.runtime import Expected, Runtime, load_model
+from agent.state import Checkpoint
 
 Message = tuple[int, str, bytes, float, float]  # subscription, topic, payload, wall, monotonic
-
-
-class AlertSender:
-    """Alerts go into the outbox first and leave it only on the broker's PUBACK.
-
-    Each outbox entry is handed to paho once per process: paho itself re-sends unacknowledged
-    QoS 1 messages after a reconnect, and entries left from an earlier run are handed over at
-    start-up.
-    """
-
-    def __init__(self, outbox: Outbox, link: Link, metrics: Metrics) -> None:
-        self.outbox = outbox
-        self.link = link
-        self.metrics = metrics
-        self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
-        self.acks: deque[int] = deque()      # filled by paho's thread, drained by ours
-
-    def _hand(self, p: Pending) -> None:
-        # Publish and record under one lock; `drain` takes the same lock, so an ack is never
-        # looked up before its mid is recorded.
-        with self._lock:
-            mid = self.link.publish(p.topic, p.payload, qos=1)
-            self._inflight[mid] = p.id
-
-    def resume(self) -> int:
-        """Hand over what an earlier run left pending; returns how many."""
-        pending = self.outbox.pending(limit=self.outbox.max_items)
-        for p in pending:
-            self._hand(p)
-        self.metrics.outbox_depth.set(len(self.outbox))
-        return len(pending)
-
-    def send(self, topic: str, payload: bytes) -> None:
-        item_id = self.outbox.add(topic, payload)
-        self._hand(Pending(item_id, topic, payload))
-        self.metrics.outbox_depth.set(len(self.outbox))
-
-    def drain(self) -> int:
-        """Remove acknowledged alerts from the outbox; returns how many."""
-        done = []
-        with self._lock:
-            while self.acks:
-                item = self._inflight.pop(self.acks.popleft(), None)
-                if item is not None:
-                    done.append(item)
-        for item in done:
-            self.outbox.ack(item)
-        if done:
-            self.metrics.outbox_depth.set(len(self.outbox))
-        return len(done)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)
 
 
 class ModelWatcher:
@@ -121,11 +67,15 @@ class Agent:
         self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
                       channels=list(runtime.spec.channels), period_s=runtime.spec.period_s)
         self.pipeline = Pipeline(cfg, runtime, self.metrics, log=self.log)
+        self.checkpoint = Checkpoint(cfg.state.dir / "state.sqlite")
+        self._restore()
         self.queue: queue.Queue[Message] = queue.Queue(maxsize=cfg.inference.queue_size)
         self.outbox = Outbox(cfg.state.dir / "outbox.sqlite", cfg.state.outbox_max)
         self.link = Link(cfg, on_message=self._enqueue, on_ack=self._ack, on_state=self._state,
                          log=self.log)
-        self.sender = AlertSender(self.outbox, self.link, self.metrics)
+        self.sender = AlertSender(self.outbox, self.link, self.metrics, self.log,
+                                  resend_per_s=cfg.state.outbox_resend_per_s)
+        self._accepting = threading.Event()
         host, port = cfg.http.host_port
         self.http = HealthServer(host, port, self.registry, self.readiness)
         self.watcher = ModelWatcher(cfg.model.path, cfg.model.watch_interval_s)
@@ -136,14 +86,23 @@ class Agent:
 
     # -- callbacks from paho's thread: hand over, never block ----------------------------------
 
-    def _enqueue(self, sub: int, topic: str, payload: bytes, qos: int) -> None:
+    def _enqueue(self, sub: int, topic: str, payload: bytes) -> bool:
+        """Queue a message; True means it may be acknowledged to the broker.
+
+        While stopping, nothing is queued or acknowledged: the broker keeps those messages in
+        the session and delivers them after the restart. A full queue drops and counts
+        (acknowledged, so the stream does not stall).
+        """
+        if not self._accepting.is_set():
+            return False
         try:
             self.queue.put_nowait((sub, topic, payload, time.time(), time.monotonic()))
         except queue.Full:
             self.metrics.messages_dropped.inc()
+        return True
 
-    def _ack(self, mid: int) -> None:
-        self.sender.acks.append(mid)
+    def _ack(self, mid: int, delivered: bool) -> None:
+        self.sender.acks.append((mid, delivered))
 
     def _state(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
@@ -161,12 +120,35 @@ class Agent:
         """Check the model file now (SIGHUP)."""
         self.watcher.poke.set()
 
+    def _restore(self) -> None:
+        contract = self.pipeline.contract()
+        saved = self.checkpoint.contract()
+        if saved is None:
+            return
+        if saved != contract:
+            self.log.warning("checkpoint_discarded", reason="model or window settings changed")
+            self.checkpoint.clear()
+            return
+        n = self.pipeline.restore(self.checkpoint.load())
+        self.log.info("state_restored", assets=n)
+
+    def save_checkpoint(self) -> None:
+        """Write changed per-asset state (worker thread, between batches)."""
+        rows = self.pipeline.checkpoint_rows()
+        try:
+            self.checkpoint.save(self.pipeline.contract(), rows)
+            self.metrics.checkpoint_time.set(time.time())
+        except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
+            self.log.error("checkpoint_failed", error=str(exc), assets=len(rows))
+            self.pipeline.dirty.update(rows)
+
     def run(self) -> int:
         self.http.start()
         self.log.info("http_listening", address=f"{self.cfg.http.host_port[0]}:{self.http.port}")
         resumed = self.sender.resume()
         if resumed:
             self.log.info("outbox_resumed", pending=resumed)
+        self._accepting.set()
         self.link.start()
         worker = threading.Thread(target=self._work, name="vigil-worker", daemon=True)
         watcher = threading.Thread(target=self._watch, name="vigil-model-watch", daemon=True)
@@ -174,11 +156,13 @@ class Agent:
         watcher.start()
         self._stop.wait()
         self.log.info("agent_stopping")
-        worker.join(timeout=2.0)
-        self._flush_outbox(timeout=1.5)
-        self.link.stop(timeout=1.0)
+        self._accepting.clear()
+        worker.join(timeout=3.0)
+        self._flush_outbox(timeout=1.0)
+        self.link.stop(timeout=0.5)
         self.http.stop()
         self.outbox.close()
+        self.checkpoint.close()
         self.log.info("agent_stopped", outbox_pending=len(self.outbox))
         return 1 if self.crashed else 0
 
@@ -194,6 +178,7 @@ class Agent:
     def _work(self) -> None:
         try:
             self._work_loop()
+            self._finish()
         except Exception:
             # Input never gets here (it is rejected and counted); this is a bug. Fail loudly:
             # readiness drops and the process exits non-zero so a supervisor restarts it.
@@ -205,6 +190,7 @@ class Agent:
         cfg = self.cfg.inference
         first_due: float | None = None
         next_sweep = time.monotonic() + 1.0
+        next_checkpoint = time.monotonic() + self.cfg.state.checkpoint_interval_s
         while not self._stop.is_set():
             self._ingest_some()
             now = time.monotonic()
@@ -212,20 +198,37 @@ class Agent:
                 first_due = first_due if first_due is not None else now
                 if (self.pipeline.n_ready >= cfg.max_batch
                         or now - first_due >= cfg.max_wait_ms / 1000.0):
-                    while self.pipeline.n_ready:
-                        self._publish(self.pipeline.run_batch(cfg.max_batch))
+                    self._score_all()
                     first_due = None
             if now >= next_sweep:
                 self._publish(BatchResult(risks=self.pipeline.sweep_stale()))
                 self.metrics.assets_stale.set(self.pipeline.n_stale)
                 next_sweep = now + 1.0
+            if now >= next_checkpoint:
+                self._score_all()
+                self.save_checkpoint()
+                next_checkpoint = now + self.cfg.state.checkpoint_interval_s
+            self.sender.pump()
             self.sender.drain()
             self.metrics.queue_depth.set(self.queue.qsize())
             self._maybe_swap()
 
-    def _ingest_some(self) -> None:
+    def _score_all(self) -> None:
+        while self.pipeline.n_ready:
+            self._publish(self.pipeline.run_batch(self.cfg.inference.max_batch))
+
+    def _finish(self) -> None:
+        """On stop: what was queued (and acknowledged) is processed, scored and checkpointed."""
+        deadline = time.monotonic() + 1.5
+        while not self.queue.empty() and time.monotonic() < deadline:
+            self._ingest_some(wait=0.0)
+            self._score_all()
+        self._score_all()
+        self.save_checkpoint()
+
+    def _ingest_some(self, wait: float = 0.02) -> None:
         try:
-            item = self.queue.get(timeout=0.02)
+            item = self.queue.get(timeout=wait) if wait else self.queue.get_nowait()
         except queue.Empty:
             return
         accepted = 0
@@ -257,7 +260,7 @@ class Agent:
     def _publish(self, result: BatchResult) -> None:
         prefix = self.cfg.outputs.prefix
         for a in result.alerts:
-            self.sender.send(f"{prefix}/alerts/{a.asset}", encode(a.doc))
+            self.sender.send(f"{prefix}/alerts/{a.asset}", encode(a.doc), a.level)
             self.metrics.alerts.labels(a.level).inc()
             self.log.info("alert_raised", asset=a.asset, level=a.level,
                           previous=a.doc["previous_level"], risk=a.doc["risk"],

@@ -188,6 +188,7 @@ class StateConfig(_Strict):
     dir: Path = Field(default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "./state")))
     checkpoint_interval_s: Annotated[float, Field(gt=0)] = 10.0
     outbox_max: Annotated[int, Field(ge=1)] = 100_000
+    outbox_resend_per_s: Annotated[float, Field(gt=0)] = 50.0
 
 
 class LogConfig(_Strict):
@@ -257,6 +258,13 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> AgentConfig:
         if env.get(var):
             broker[key] = env[var]
     base = path.parent
+    if isinstance(broker.get("password_file"), str):
+        broker["password_file"] = str(base / broker["password_file"])
+    tls = broker.get("tls")
+    if isinstance(tls, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if isinstance(tls.get(key), str):
+                tls[key] = str(base / tls[key])
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = str(base / model["path"])

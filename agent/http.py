@@ -38,8 +38,8 @@ class HealthServer:
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="vigil-http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="vigil-http", daemon=True)
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +39,11 @@ class Reason(StrEnum):
     @property
     def is_rejection(self) -> bool:
         return self is not Reason.NOT_MINE
+
+
+# Beyond this a value is not a measurement; it would also overflow float32 once normalised.
+MAX_ABS_VALUE = 1e15
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +88,28 @@ class TopicTemplate:
         return out
 
 
+def _finite(raw: int | float) -> float | None:
+    """`raw` as a float, or None if it is NaN, infinite, or too large for sensor data."""
+    try:
+        v = float(raw)  # a JSON integer of 400 digits overflows here
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) and abs(v) <= MAX_ABS_VALUE else None
+
+
 def parse_ts(raw: Any, fmt: str) -> float | None:
     """Event time in epoch seconds, or None if `raw` is not a timestamp in `fmt`."""
     if isinstance(raw, bool) or raw is None:
         return None
     if isinstance(raw, int | float):
-        if not math.isfinite(raw):
+        if _finite(raw) is None:
             return None
         if fmt == "epoch_ms" or (fmt == "auto" and abs(raw) >= 1e11):
             return float(raw) / 1000.0
         return float(raw) if fmt in ("auto", "epoch_s") else None
     if isinstance(raw, str) and fmt in ("auto", "rfc3339"):
+        if not _RFC3339.match(raw):
+            return None  # fromisoformat alone would take week dates and other ISO 8601 forms
         try:
             dt = datetime.fromisoformat(raw)
         except ValueError:
@@ -137,7 +154,7 @@ class Decoder:
             return []
         try:
             doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..."
             rejects.append(Reason.MALFORMED)
             return []
         if self.sub.codec == "json":
@@ -147,6 +164,8 @@ class Decoder:
         out: list[Reading] = []
         for item in items:
             out.extend(self._multi(asset, item, arrival, rejects))
+        if not out and not rejects:
+            rejects.append(Reason.MALFORMED)  # `[]` or empty values: nothing in it, yet counted
         return out
 
     def _ts(self, doc: Any, arrival: float, rejects: list[Reason]) -> float | None:
@@ -165,15 +184,18 @@ class Decoder:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             rejects.append(Reason.TYPE)
             return None
-        if not math.isfinite(raw):
-            rejects.append(Reason.NONFINITE)
-            return None
         ch = self._channel(source)
         if ch is None:
             rejects.append(Reason.CHANNEL)
             return None
         idx, scale, offset = ch
-        return Reading(asset, idx, ts, float(raw) * scale + offset)
+        value = _finite(raw)
+        if value is not None:
+            value = _finite(value * scale + offset)  # scaling must not push it out of range
+        if value is None:
+            rejects.append(Reason.NONFINITE)
+            return None
+        return Reading(asset, idx, ts, value)
 
     def _single(self, asset: str, channel: str, doc: Any, arrival: float,
                 rejects: list[Reason]) -> list[Reading]:

@@ -43,6 +43,7 @@ class RateLimited:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, event: str, key: str, **kw: Any) -> None:
+        """Log `event` at warning level unless `key` was logged less than `interval_s` ago."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:

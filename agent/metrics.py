@@ -45,6 +45,11 @@ class Metrics:
                               registry=r)
         for level in ("ok", "warning", "critical"):
             self.alerts.labels(level)
+        self.alerts_dropped = Counter(
+            "vigil_alerts_dropped", "Alerts not stored because the outbox was full (only returns to ok).",
+            ["level"], registry=r)
+        self.outbox_errors = Counter(
+            "vigil_outbox_errors", "Outbox writes that failed (disk full or unwritable).", registry=r)
         self.asset_risk = Gauge("vigil_asset_risk", "Latest risk per asset.", ["asset"], registry=r)
         self.assets = Gauge("vigil_assets", "Assets with state held.", registry=r)
         self.assets_stale = Gauge("vigil_assets_stale", "Assets whose window is not whole.", registry=r)
@@ -54,6 +59,9 @@ class Metrics:
                                   registry=r)
         self.queue_depth = Gauge("vigil_intake_queue_depth", "Messages waiting to be processed.",
                                  registry=r)
+        self.checkpoint_time = Gauge(
+            "vigil_checkpoint_timestamp_seconds", "When per-asset state was last checkpointed (unix time).",
+            registry=r)
         self.model_info = Gauge("vigil_model_info", "The model serving now (value 1).", ["version"],
                                 registry=r)
         self.model_reloads = Counter("vigil_model_reloads", "Model file reloads by result.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -13,7 +15,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import AgentConfig
-from agent.errors import BrokerError
+from agent.errors import BrokerError, ConfigError
+from agent.logs import RateLimited
 
 
 def status_topic(cfg: AgentConfig) -> str:
@@ -27,8 +30,8 @@ class Link:
     never wait for the worker.
     """
 
-    def __init__(self, cfg: AgentConfig, *, on_message: Callable[[int, str, bytes, int], None],
-                 on_ack: Callable[[int], None], on_state: Callable[[bool], None], log: Any) -> None:
+    def __init__(self, cfg: AgentConfig, *, on_message: Callable[[int, str, bytes], bool],
+                 on_ack: Callable[[int, bool], None], on_state: Callable[[bool], None], log: Any) -> None:
         self.cfg = cfg
         self.log = log
         self._on_message = on_message
@@ -37,30 +40,31 @@ class Link:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.refused: str | None = None
+        self._refusals = RateLimited(log, interval_s=60.0)
+        self._failures = RateLimited(log, interval_s=60.0)
         b = cfg.broker
         self.v5 = b.protocol == "5"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=b.client_id,
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            clean_session=None if self.v5 else False)
+            clean_session=None if self.v5 else False,
+            # Readings are acknowledged only once queued for processing (see _message).
+            manual_ack=True)
         self.client.max_queued_messages_set(0)  # the outbox bounds what waits, not paho
         self.client.max_inflight_messages_set(100)
         self.client.reconnect_delay_set(b.reconnect_min_s, b.reconnect_max_s)  # type: ignore[arg-type]
         self.client.will_set(status_topic(cfg), b"offline", qos=1, retain=True)
         url = b.parsed_url
-        if url.tls:
-            t = b.tls
-            self.client.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
-                                certfile=str(t.cert_file) if t.cert_file else None,
-                                keyfile=str(t.key_file) if t.key_file else None,
-                                cert_reqs=ssl.CERT_REQUIRED)
-            self.client.tls_insecure_set(not t.verify_hostname)
+        self._tls = _tls_context(cfg) if url.tls else None
+        if self._tls is not None:
+            self.client.tls_set_context(self._tls)
         if b.username:
             self.client.username_pw_set(b.username, b.resolved_password())
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
         self.client.on_publish = self._published
+        self.client.on_connect_fail = self._connect_failed
         self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
 
     def start(self) -> None:
@@ -82,7 +86,8 @@ class Link:
                    properties: Any) -> None:
         if reason.is_failure:
             self.refused = str(reason)
-            self.log.error("mqtt_connect_refused", reason=str(reason))
+            self._refusals.warning("mqtt_connect_refused", key="refused", reason=str(reason),
+                                   broker=str(self.cfg.broker.parsed_url))
             return
         self.refused = None
         self.connected.set()
@@ -94,23 +99,54 @@ class Link:
         self.subscribed.set()
         self._on_state(True)
 
+    def _connect_failed(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho does not say why a (re)connection failed; find out once a minute, by trying
+        # the same TCP and TLS handshake ourselves, so the log names the cause.
+        self._failures.warning("mqtt_connect_failed", key="failed", broker=str(self.cfg.broker.parsed_url),
+                               reason=self.diagnose())
+
+    def diagnose(self) -> str:
+        """Why the broker cannot be reached right now, in one line."""
+        url = self.cfg.broker.parsed_url
+        try:
+            sock = socket.create_connection((url.host, url.port), timeout=2.0)
+        except OSError as exc:
+            return f"cannot reach {url.host}:{url.port}: {exc.strerror or exc}"
+        with sock:
+            if self._tls is None:
+                return "TCP connects; the MQTT handshake failed"
+            try:
+                with self._tls.wrap_socket(sock, server_hostname=url.host):
+                    return "TLS handshake succeeds; the MQTT handshake failed"
+            except (ssl.SSLError, OSError) as exc:
+                return f"TLS: {exc}"
+
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                       properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
         if was:
             self.log.warning("mqtt_disconnected", reason=str(reason))
+            # A fresh, jittered base delay per outage, so a fleet of gateways does not
+            # reconnect in lock-step when their broker comes back.
+            b = self.cfg.broker
+            self.client.reconnect_delay_set(  # type: ignore[arg-type]
+                b.reconnect_min_s * random.uniform(0.5, 1.5), b.reconnect_max_s)
         self._on_state(False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        take = True
         for i, f, _ in self._filters:
             if mqtt.topic_matches_sub(f, msg.topic):
-                self._on_message(i, msg.topic, msg.payload, msg.qos)
-                return
+                take = self._on_message(i, msg.topic, msg.payload)
+                break
+        if take and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                    properties: Any) -> None:
-        self._on_ack(mid)
+        # A failure reason code (MQTT 5 only) means the broker did not take the message.
+        self._on_ack(mid, not reason.is_failure)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
         """Hand a message to paho (queued by paho while disconnected); returns its mid."""
@@ -127,3 +163,16 @@ class Link:
                 pass
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:
+    """Certificate chain and hostname verified by default; optional client certificate."""
+    t = cfg.broker.tls
+    try:
+        ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+        ctx.check_hostname = t.verify_hostname
+        if t.cert_file:
+            ctx.load_cert_chain(str(t.cert_file), str(t.key_file) if t.key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"broker.tls: {exc}") from exc
+    return ctx

@@ -7,17 +7,21 @@ nothing of MQTT: it returns what to publish, and the app publishes it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 
 from agent.alerts import alert_id, rfc3339_ms
 from agent.config import AgentConfig
 from agent.ingest import Decoder, Reading, Reason
+from agent.logs import RateLimited
 from agent.metrics import Metrics
+from agent.names import valid_name
 from agent.risk import (
     Level,
     LevelMachine,
@@ -28,6 +32,7 @@ from agent.risk import (
 )
 from agent.runtime import Runtime
 from agent.spec import ModelSpec, Thresholds
+from agent.state import dump_asset, load_asset
 from agent.windows import AssetWindow, Update, cell_of
 
 
@@ -82,6 +87,8 @@ class Pipeline:
         self.n_ready = 0                  # windows closed and waiting to be scored
         self._floor = cfg.windows.ts_floor.timestamp()
         self._allowed: dict[str, bool] = {}
+        self.dirty: set[str] = set()  # assets changed since the last checkpoint
+        self._bad_output = RateLimited(log or structlog.get_logger("vigil.pipeline"))
         self.runtime = runtime
         self._set_runtime(runtime)
 
@@ -165,10 +172,46 @@ class Pipeline:
         if res is Update.DUPLICATE:
             return Reason.DUPLICATE
         st.arrival = mono
+        self.dirty.add(r.asset)
         if len(w.ready) > before:
             self.n_ready += len(w.ready) - before
             self._due[r.asset] = None
         return None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def contract(self) -> str:
+        """What a checkpoint's windows depend on: restoring under another contract is refused."""
+        s, w = self.spec, self.cfg.windows
+        return json.dumps([list(s.channels), s.period_s, s.window, w.max_gap, w.allowed_lateness,
+                           w.stride, w.aggregation])
+
+    def checkpoint_rows(self) -> dict[str, bytes]:
+        """Serialised state of the assets changed since the last call."""
+        rows = {}
+        for asset in self.dirty:
+            st = self.assets.get(asset)
+            if st is not None:
+                rows[asset] = dump_asset(st.window, st.level, st.surprise, st.stale, st.risk)
+        self.dirty.clear()
+        return rows
+
+    def restore(self, rows: dict[str, bytes]) -> int:
+        """Resume assets from checkpoint rows; returns how many were restored."""
+        for asset, blob in rows.items():
+            if len(self.assets) >= self.cfg.windows.max_assets:
+                break
+            st = self._new_asset()
+            try:
+                if not valid_name(asset):
+                    raise ValueError("invalid asset name")
+                st.stale, st.risk = load_asset(blob, st.window, st.level, st.surprise)
+            except (ValueError, KeyError, TypeError) as exc:
+                if self.log is not None:
+                    self.log.warning("checkpoint_row_skipped", asset=asset[:100], error=str(exc))
+                continue
+            self.assets[asset] = st
+        return len(self.assets)
 
     def _serves(self, asset: str) -> bool:
         patterns = self.cfg.assets.allow
@@ -217,7 +260,12 @@ class Pipeline:
             asset = next(iter(self._due))
             del self._due[asset]
             st = self.assets[asset]
-            for closed in st.window.take():
+            ready = st.window.ready
+            take, rest = ready[: max_batch - len(names)], ready[max_batch - len(names) :]
+            st.window.ready = rest
+            if rest:  # more than fits: the rest waits for the next batch, in order
+                self._due[asset] = None
+            for closed in take:
                 self.n_ready -= 1
                 if closed.window is None:
                     if not st.stale:
@@ -252,14 +300,18 @@ class Pipeline:
                     p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
             p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
             risk = combine(p_fail, p_surprise, s.combiner)
+            if risk != risk:  # NaN: a model fault, never a decision
+                self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
+                continue
             st.risk = risk
             signals: dict[str, float] = {}
             if p_fail is not None:
                 signals["fail_prob"] = round(p_fail, 6)
             if p_surprise is not None:
                 signals["surprise"] = round(p_surprise, 6)
-            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals))
+            # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
+            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals))
             if tr is not None:
                 out.alerts.append(self._alert(asset, tr.cell, stamps[i], tr.level, tr.previous, risk,
                                               per_channel))

@@ -64,7 +64,8 @@ class SurpriseTracker:
             k = end_cell - self.forecast_cell
             if 1 <= k <= min(len(self.mean), len(window_tail)):
                 z2 = surprise_z2(self.mean, self.logvar, window_tail[-k:])
-                self.ewma = z2 if self.ewma is None else self.ewma + self.alpha * (z2 - self.ewma)
+                if np.isfinite(z2).all():  # one faulty forecast must not poison the average
+                    self.ewma = z2 if self.ewma is None else self.ewma + self.alpha * (z2 - self.ewma)
             elif k > len(self.mean):
                 self.ewma = None  # a gap longer than the forecast: start afresh
         self.forecast_cell, self.mean, self.logvar = end_cell, mean, logvar
@@ -165,5 +166,5 @@ def top_channels(per_channel: FloatArray | None, channels: tuple[str, ...], n: i
     """The channels with the highest surprise, highest first."""
     if per_channel is None:
         return []
-    order = np.argsort(-per_channel)[:n]
+    order = np.argsort(-per_channel, kind="stable")[:n]
     return [{"channel": channels[i], "score": round(float(per_channel[i]), 4)} for i in order]

@@ -97,6 +97,9 @@ def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) 
     return ends[whole]
 
 
+SEEN_PER_CELL = 4  # `mean`: redeliveries of up to this many readings per cell are caught
+
+
 class Update(IntEnum):
     """Outcome of writing one reading into an asset's window."""
 
@@ -148,6 +151,10 @@ class AssetWindow:
         self._count = np.zeros((self.capacity, n_channels), dtype=np.int32)
         self._cell = np.full(self.capacity, -1, dtype=np.int64)
         self._filled = [0] * self.capacity  # channels with a value, per slot
+        # `mean` must never average a redelivered reading in, so it remembers the last few
+        # event times per cell and channel (`last` needs only the newest, kept in _ts).
+        self._seen = (np.full((self.capacity, n_channels, SEEN_PER_CELL), np.nan)
+                      if agg == "mean" else None)
         self.newest = -1
         self.first = -1  # the first cell ever held: no window before first + window - 1
         self.last_closed = -1
@@ -161,14 +168,20 @@ class AssetWindow:
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             return Update.TOO_LATE
+        elif cell < self.first:
+            self.first = cell  # a late reading from before the first cell seen
         slot = cell % self.capacity
         if self._cell[slot] != cell:  # a late reading for a cell that never had one
             self._clear(slot, cell)
         held = self._ts[slot, channel]
         if ts == held:
             return Update.DUPLICATE
-        if self.agg == "mean":
+        if self._seen is not None:
+            seen = self._seen[slot, channel]
+            if (seen == ts).any():
+                return Update.DUPLICATE
             n = self._count[slot, channel]
+            seen[n % SEEN_PER_CELL] = ts
             prev = self._values[slot, channel] if n else 0.0
             self._values[slot, channel] = prev + (value - prev) / (n + 1)
             self._count[slot, channel] = n + 1
@@ -202,6 +215,8 @@ class AssetWindow:
         self._ts[slot] = -np.inf
         self._count[slot] = 0
         self._filled[slot] = 0
+        if self._seen is not None:
+            self._seen[slot] = np.nan
 
     def _advance(self, cell: int) -> None:
         if self.newest < 0:
@@ -241,3 +256,22 @@ class AssetWindow:
                 if ts.size:
                     return float(ts.max())
         return float("nan")
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Arrays and counters a checkpoint needs to resume this window exactly."""
+        arrays = {"values": self._values, "ts": self._ts, "count": self._count, "cell": self._cell,
+                  "filled": np.asarray(self._filled, dtype=np.int32)}
+        if self._seen is not None:
+            arrays["seen"] = self._seen
+        return arrays, {"newest": self.newest, "first": self.first, "last_closed": self.last_closed}
+
+    def restore(self, arrays: dict[str, np.ndarray], counters: dict[str, int]) -> None:
+        if arrays["values"].shape != self._values.shape:
+            raise ValueError("window shape differs from the checkpoint's")
+        self._values, self._ts = arrays["values"], arrays["ts"]
+        self._count, self._cell = arrays["count"], arrays["cell"]
+        self._filled = arrays["filled"].tolist()
+        if self._seen is not None and "seen" in arrays:
+            self._seen = arrays["seen"]
+        self.newest, self.first = counters["newest"], counters["first"]
+        self.last_closed = counters["last_closed"]

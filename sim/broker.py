@@ -44,11 +44,14 @@ class Broker:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
+    password_file: Path | None = None   # then anonymous clients are refused
+    acl_file: Path | None = None
+    tls: tuple[Path, Path, Path] | None = None  # CA, server certificate, server key
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts://localhost' if self.tls else 'mqtt://127.0.0.1'}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -59,7 +62,12 @@ class Broker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + (f"cafile {self.tls[0]}\ncertfile {self.tls[1]}\nkeyfile {self.tls[2]}\n"
+               if self.tls else "")
+            + (f"allow_anonymous false\npassword_file {self.password_file}\n"
+               if self.password_file else "allow_anonymous true\n")
+            + (f"acl_file {self.acl_file}\n" if self.acl_file else "")
+            +
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
@@ -68,6 +76,9 @@ class Broker:
             "max_inflight_messages 0\n"
             "max_queued_bytes 0\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
+            # Started as root, mosquitto drops to its own user and then cannot read our
+            # private temp files (passwords, certificates, its own log).
+            + ("user root\n" if os.geteuid() == 0 else "")
             + self.extra_conf
         )
         return conf
@@ -97,6 +108,11 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait(timeout)
         self.proc = None
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to our mosquitto (SIGHUP reloads its ACL and password files)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

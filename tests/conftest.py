@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker
+from tests.procs import cli
 
 
 def _require_mosquitto() -> None:
@@ -34,3 +35,14 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained in seconds on simulated history (shared by end-to-end tests)."""
+    d = tmp_path_factory.mktemp("trained")
+    cli("vigil-sim", "history", "--assets", "10", "--days", "14", "--seed", "3", "--out", str(d))
+    cli("vigil-train", "fit", "--history", str(d / "history.csv"), "--events", str(d / "events.csv"),
+        "--epochs", "4", "--windows-per-epoch", "12000", "--hidden", "24", "--seed", "1",
+        "--quiet", "--out", str(d / "model.pt"))
+    return d / "model.pt"

@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.broker import free_port, wait_until
 
@@ -146,6 +148,7 @@ class Capture:
     url_port: int
     topics: list[str]
     client_id: str = field(default_factory=lambda: f"capture-{os.getpid()}-{free_port()}")
+    persistent: bool = False  # a session that outlives disconnects and broker restarts
     messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -165,7 +168,13 @@ class Capture:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
 
     def start(self) -> Capture:
-        self.client.connect("127.0.0.1", self.url_port)
+        props = None
+        if self.persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", self.url_port, clean_start=not self.persistent,
+                            properties=props)
         self.client.loop_start()
         wait_until(self._subscribed.is_set, 10, what="capture subscription")
         return self
@@ -174,6 +183,22 @@ class Capture:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def ids(self) -> list[str]:
+        """alert_id of every alert received, duplicates included."""
+        return [a["alert_id"] for a in self.json("vigil/alerts/")]
+
     def json(self, prefix: str) -> list[dict[str, Any]]:
         with self._lock:
             return [json.loads(p) for t, p, _ in self.messages if t.startswith(prefix)]
+
+
+def logged(log_text: str, event: str) -> list[dict[str, Any]]:
+    """The agent's JSON log lines for one event (its own record of what it did)."""
+    out = []
+    for line in log_text.splitlines():
+        if f'"{event}"' in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker, free_port, wait_until
-from tests.procs import BIN, Capture, cli, metric, running_agent, write_agent_config
+from tests.procs import BIN, Capture, metric, running_agent, write_agent_config
 
 pytestmark = pytest.mark.integration
 
@@ -18,23 +17,12 @@ FAILING = "pump-002"
 HEALTHY = ("pump-001", "pump-003", "pump-004")
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model trained in seconds on simulated history (shared by end-to-end tests)."""
-    d = tmp_path_factory.mktemp("trained")
-    cli("vigil-sim", "history", "--assets", "10", "--days", "14", "--seed", "3", "--out", str(d))
-    cli("vigil-train", "fit", "--history", str(d / "history.csv"), "--events", str(d / "events.csv"),
-        "--epochs", "4", "--windows-per-epoch", "12000", "--hidden", "24", "--seed", "1",
-        "--quiet", "--out", str(d / "model.pt"))
-    return d / "model.pt"
-
-
 def test_failing_asset_alerts_healthy_ones_do_not(trained: Path, broker: Broker, tmp_path: Path) -> None:
     """A simulated asset driven to failure raises a warning or critical alert through the broker;
     healthy assets raise none, and /metrics counts the readings and the alert."""
     port = free_port()
     config = write_agent_config(tmp_path / "agent.toml", broker_url=broker.url, model=trained,
-                                state=tmp_path / "state", http_port=port)
+                                state=tmp_path / "state", http_port=port, client_id="gw-e2e")
     capture = Capture(broker.port, ["vigil/alerts/#", "vigil/agents/#"]).start()
     started = time.monotonic()
     with running_agent(config, port, tmp_path / "agent.log") as agent:
@@ -63,13 +51,12 @@ def test_failing_asset_alerts_healthy_ones_do_not(trained: Path, broker: Broker,
     assert first["previous_level"] == "ok"
     assert set(first) >= {"asset", "ts", "level", "previous_level", "risk", "horizon_s",
                           "top_channels", "model_version", "agent_id", "alert_id"}
-    assert first["agent_id"] == "gw-test"
+    assert first["agent_id"] == "gw-e2e"
     assert [a for a in alerts if a["asset"] in HEALTHY] == []
     readings = metric(text, "vigil_readings_accepted_total")
     assert readings is not None and readings > 1000
     raised = sum(metric(text, "vigil_alerts_total", f'level="{lv}"') or 0 for lv in ("warning", "critical"))
     assert raised >= 1
-    statuses = [p for t, p, _ in capture.messages if t == "vigil/agents/gw-test/status"]
-    assert statuses[0] == b"online" and statuses[-1] == b"offline"
+    statuses = [p for t, p, _ in capture.messages if t == "vigil/agents/gw-e2e/status"]
+    assert statuses == [b"online", b"offline"]
     print(f"alert after {latency:.1f}s; {len(alerts)} alerts; {readings:.0f} readings")
-    json.dumps(first)

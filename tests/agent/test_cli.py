@@ -10,17 +10,16 @@ import pytest
 
 from tests.broker import Broker, free_port
 from tests.procs import cli, running_agent, write_agent_config
-from tests.test_e2e import trained  # noqa: F401 - the shared model fixture
 
 
 @pytest.fixture
-def config(trained: Path, broker: Broker, tmp_path: Path) -> Path:  # noqa: F811
+def config(trained: Path, broker: Broker, tmp_path: Path) -> Path:
     return write_agent_config(tmp_path / "agent.toml", broker_url=broker.url, model=trained,
                               state=tmp_path / "state", http_port=free_port())
 
 
 class TestCheckConfig:
-    def test_prints_subscriptions_and_model(self, config: Path, trained: Path) -> None:  # noqa: F811
+    def test_prints_subscriptions_and_model(self, config: Path, trained: Path) -> None:
         """check-config shows each subscription with an example topic and the model's summary."""
         out = json.loads(cli("vigil-agent", "check-config", str(config)).stdout)
         assert out["subscriptions"][0]["example_topic"] == "plant/pump-001/bearing_temp"

@@ -1,0 +1,111 @@
+"""Crash-safe per-asset state: windows, levels, dwell and surprise, checkpointed to SQLite.
+
+A restart resumes from the last checkpoint, so it neither re-raises an alert already raised
+nor forgets a level. Only assets that changed since the previous checkpoint are written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import VigilError
+from agent.risk import LevelMachine, SurpriseTracker
+from agent.windows import AssetWindow
+
+_FORMAT = 1
+_HEADER = struct.Struct("<I")
+
+
+def _arrays(arrs: dict[str, np.ndarray | None]) -> tuple[dict[str, Any], bytes]:
+    meta: dict[str, Any] = {}
+    parts = []
+    for name, a in arrs.items():
+        if a is None:
+            continue
+        a = np.ascontiguousarray(a)
+        meta[name] = [a.dtype.str, list(a.shape)]
+        parts.append(a.tobytes())
+    return meta, b"".join(parts)
+
+
+def dump_asset(window: AssetWindow, level: LevelMachine, surprise: SurpriseTracker, stale: bool,
+               risk: float) -> bytes:
+    """One asset's state as bytes: a JSON header, then raw arrays."""
+    arrays, counters = window.state()
+    meta, body = _arrays({**arrays, "s_mean": surprise.mean, "s_logvar": surprise.logvar,
+                          "s_ewma": surprise.ewma})
+    header = json.dumps({
+        "format": _FORMAT, "arrays": meta, "window": counters, "level": level.state(),
+        "forecast_cell": surprise.forecast_cell, "stale": stale, "risk": risk,
+    }).encode()
+    return _HEADER.pack(len(header)) + header + body
+
+
+def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: SurpriseTracker
+               ) -> tuple[bool, float]:
+    """Fill freshly made state objects from `dump_asset` bytes; returns (stale, risk)."""
+    (n,) = _HEADER.unpack_from(blob)
+    head = json.loads(blob[_HEADER.size : _HEADER.size + n])
+    if head.get("format") != _FORMAT:
+        raise ValueError(f"checkpoint format {head.get('format')}")
+    offset = _HEADER.size + n
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, shape) in head["arrays"].items():
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        arrays[name] = np.frombuffer(blob, dtype=dt, count=count, offset=offset).reshape(shape).copy()
+        offset += count * dt.itemsize
+    window.restore(arrays, head["window"])
+    level.restore(head["level"])
+    surprise.forecast_cell = head["forecast_cell"]
+    surprise.mean = arrays.get("s_mean")
+    surprise.logvar = arrays.get("s_logvar")
+    surprise.ewma = arrays.get("s_ewma")
+    return bool(head["stale"]), float(head["risk"])
+
+
+class Checkpoint:
+    """A SQLite file of per-asset blobs, tagged with the contract they were written under."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS assets (asset TEXT PRIMARY KEY, state BLOB)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        except sqlite3.Error as exc:
+            raise VigilError(f"state checkpoint {path}: {exc}") from exc
+
+    def contract(self) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'contract'").fetchone()
+        return None if row is None else str(row[0])
+
+    def save(self, contract: str, rows: dict[str, bytes], removed: set[str] | None = None) -> None:
+        """Write changed assets (and drop removed ones) in one transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('contract', ?)", (contract,))
+            db.executemany("INSERT OR REPLACE INTO assets VALUES (?, ?)", rows.items())
+            if removed:
+                db.executemany("DELETE FROM assets WHERE asset = ?", ((a,) for a in removed))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+
+    def clear(self) -> None:
+        self._db.execute("DELETE FROM assets")
+
+    def load(self) -> dict[str, bytes]:
+        return {str(a): bytes(b) for a, b in self._db.execute("SELECT asset, state FROM assets")}
+
+    def close(self) -> None:
+        self._db.close()
