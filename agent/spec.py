@@ -21,10 +21,53 @@ KNOWN_HEADS = ("forecast_mean", "forecast_logvar", "fail_prob", "rul")
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Per-channel affine normalisation fitted on training data: (x - mean) / std."""
+    """Per-channel affine normalisation fitted on training data: (x - mean) / std.
+
+    With operating regimes (several operating conditions, as in C-MAPSS FD002/FD004), each
+    cell is first assigned to the nearest regime centre, measured on `regime_channels` in
+    units of `regime_scale`; the other channels are then normalised with that regime's
+    `regime_mean` and `regime_std`, and each regime channel is replaced by its centre,
+    standardised with the global `mean` and `std`, so the model knows the operating
+    condition without its measurement noise. Without regimes (the default, and every file
+    written before regimes existed) it is the global affine map alone.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    regime_channels: tuple[int, ...] = ()
+    regime_scale: tuple[float, ...] = ()
+    regime_centres: tuple[tuple[float, ...], ...] = ()   # [K][len(regime_channels)], raw units
+    regime_mean: tuple[tuple[float, ...], ...] = ()      # [K][C]
+    regime_std: tuple[tuple[float, ...], ...] = ()       # [K][C]
+
+    @property
+    def n_regimes(self) -> int:
+        return len(self.regime_centres)
+
+    def regime_of(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
+        """The regime index of each cell of `x` [..., C] (zeros without regimes)."""
+        if not self.regime_centres:
+            return np.zeros(x.shape[:-1], dtype=np.int64)
+        r = x[..., list(self.regime_channels)] / np.asarray(self.regime_scale)
+        centres = np.asarray(self.regime_centres) / np.asarray(self.regime_scale)
+        d = ((r[..., None, :] - centres) ** 2).sum(axis=-1)
+        # NaN cells (not whole) get regime 0; they are never scored.
+        k: npt.NDArray[np.int64] = np.argmin(np.nan_to_num(d, nan=0.0), axis=-1).astype(np.int64)
+        return k
+
+    def apply(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        """Raw cells [..., C] into the model's input space; each cell on its own."""
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        if not self.regime_centres:
+            plain: npt.NDArray[np.float32] = ((x - mean) / std).astype(np.float32)
+            return plain
+        k = self.regime_of(x)
+        out = (x - np.asarray(self.regime_mean)[k]) / np.asarray(self.regime_std)[k]
+        rc = list(self.regime_channels)
+        codes = (np.asarray(self.regime_centres) - mean[rc]) / std[rc]   # [K, R]
+        out[..., rc] = codes[k]
+        z: npt.NDArray[np.float32] = out.astype(np.float32)
+        return z
 
 
 @dataclass(frozen=True)
@@ -79,6 +122,8 @@ class ModelSpec:
     combiner: Combiner
     fingerprint: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    # The `rul` head's plateau in grid cells: it predicts min(cells to failure, rul_cap).
+    rul_cap: float = 0.0
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -95,8 +140,7 @@ class ModelSpec:
     def normalise(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         """Raw windows [..., C] into the model's input space. Training and the agent both call
         this, so what the model saw in training is what it sees in service."""
-        n = self.normalisation
-        return ((x - np.asarray(n.mean)) / np.asarray(n.std)).astype(np.float32)
+        return self.normalisation.apply(x)
 
     @property
     def horizon_s(self) -> float:
@@ -151,6 +195,9 @@ def _problems(s: ModelSpec) -> list[str]:
         out.append("normalisation must have one mean and std per channel")
     if any(not sd > 0 for sd in s.normalisation.std):
         out.append("normalisation std must be > 0")
+    out.extend(_regime_problems(s.normalisation, n))
+    if ("rul" in s.heads) != (s.rul_cap > 0):
+        out.append("a model with a rul head needs rul_cap > 0, and only such a model")
     unknown = set(s.heads) - set(KNOWN_HEADS)
     if unknown:
         out.append(f"unknown heads {sorted(unknown)}")
@@ -169,6 +216,27 @@ def _problems(s: ModelSpec) -> list[str]:
     return out
 
 
+def _regime_problems(n: Normalisation, n_channels: int) -> list[str]:
+    if not (n.regime_channels or n.regime_centres or n.regime_mean or n.regime_std or n.regime_scale):
+        return []
+    k, r = len(n.regime_centres), len(n.regime_channels)
+    out: list[str] = []
+    if k < 1 or r < 1 or len(set(n.regime_channels)) != r or not all(
+            0 <= c < n_channels for c in n.regime_channels):
+        out.append("normalisation regimes need >= 1 centre and distinct regime channel indices")
+    if len(n.regime_scale) != r or any(not v > 0 for v in n.regime_scale):
+        out.append("normalisation regime_scale must have one value > 0 per regime channel")
+    if any(len(c) != r for c in n.regime_centres):
+        out.append("each regime centre needs one value per regime channel")
+    if len(n.regime_mean) != k or len(n.regime_std) != k or any(
+            len(m) != n_channels or len(sd) != n_channels for m, sd in zip(n.regime_mean, n.regime_std,
+                                                                          strict=False)):
+        out.append("normalisation needs one mean and std per regime and channel")
+    elif any(not v > 0 for sd in n.regime_std for v in sd):
+        out.append("normalisation regime std must be > 0")
+    return out
+
+
 _ADAPTER: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
 
 
@@ -182,6 +250,8 @@ def spec_summary(spec: ModelSpec) -> dict[str, Any]:
         "horizon": spec.horizon,
         "horizon_s": spec.horizon_s,
         "heads": list(spec.heads),
+        "regimes": max(spec.normalisation.n_regimes, 1),
+        **({"rul_cap": spec.rul_cap} if spec.rul_cap else {}),
         "thresholds": {"warning": spec.thresholds.warning, "critical": spec.thresholds.critical},
         "created_at": spec.created_at,
     }

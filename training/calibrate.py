@@ -13,8 +13,8 @@ import numpy.typing as npt
 import torch
 
 from agent.risk import Level, LevelMachine, SurpriseTracker, combine, surprise_probability
-from agent.spec import Combiner, Normalisation, SurpriseStats, Thresholds
-from training.labels import WindowSet
+from agent.spec import Combiner, SurpriseStats, Thresholds
+from training.labels import Inputs, WindowSet
 from training.model import Forecaster
 
 FloatArray = npt.NDArray[np.float64]
@@ -24,30 +24,37 @@ N_QUANTILES = 101
 
 @dataclass(frozen=True)
 class Predictions:
-    """Model outputs for a set of windows, in the set's order."""
+    """Model outputs for a set of windows, in the set's order (absent heads: empty or zeros)."""
 
     mean: npt.NDArray[np.float32]     # [N, H, C]
     logvar: npt.NDArray[np.float32]   # [N, H, C]
     logit: npt.NDArray[np.float32]    # [N]
     tail: npt.NDArray[np.float32]     # [N, H, C] the newest H normalised cells of each window
+    rul: npt.NDArray[np.float32]      # [N] predicted RUL in cells (zeros without the head)
 
 
-def predict(model: Forecaster, ws: WindowSet, norm: Normalisation, batch: int = 2048) -> Predictions:
-    """Run the model over every window (eval mode, no gradients)."""
+def predict(model: Forecaster, data: Inputs, batch: int = 2048) -> Predictions:
+    """Run the eager model over every window (eval mode, no gradients)."""
     model.eval()
     parts: list[tuple[np.ndarray, ...]] = []
-    h = ws.horizon
+    h = data.ws.horizon
     with torch.no_grad():
-        for start in range(0, len(ws), batch):
-            idx = np.arange(start, min(start + batch, len(ws)))
-            x = ws.x(idx, norm)
-            mean, logvar, logit = model.heads(torch.from_numpy(x))
-            parts.append((mean.numpy(), logvar.numpy(), logit.numpy(), x[:, -h:, :]))
+        for start in range(0, len(data.ws), batch):
+            idx = np.arange(start, min(start + batch, len(data.ws)))
+            x = data.x(idx)
+            mean, logvar, logit, rul = model.heads(torch.from_numpy(x))
+            rul_cells = torch.clamp(rul, min=0.0) * model.rul_cap
+            parts.append((mean.numpy(), logvar.numpy(), logit.numpy(), x[:, -h:, :], rul_cells.numpy()))
+    return join(parts, h, data.ws.cells.shape[1])
+
+
+def join(parts: list[tuple[np.ndarray, ...]], h: int, c: int) -> Predictions:
+    """Batches of (mean, logvar, logit, tail, rul) into one Predictions."""
     if not parts:
-        c = ws.cells.shape[1]
         e = np.empty((0, h, c), dtype=np.float32)
-        return Predictions(e, e, np.empty(0, dtype=np.float32), e)
-    return Predictions(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+        z = np.empty(0, dtype=np.float32)
+        return Predictions(e, e, z, e, z)
+    return Predictions(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
 
 
 def fit_temperature(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float32]) -> float:

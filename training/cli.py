@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 from agent.errors import VigilError
+from training.data import FORMATS
 
 
 def _positive_int(text: str) -> int:
@@ -25,66 +27,120 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vigil-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="train a model file from history (and events)")
-    f.add_argument("--history", type=Path, required=True, help="long-format CSV/Parquet: ts,asset,channel,value")
+    f = sub.add_parser("fit", help="train a model file from history (and events)",
+                       description="Train, calibrate and export a model. Options left out take the "
+                       "format's defaults (C-MAPSS: see docs/training.md).")
+    f.add_argument("--history", type=Path, required=True,
+                   help="history file: long or wide CSV/Parquet, or a C-MAPSS train_FD00x.txt")
     f.add_argument("--events", type=Path, help="events CSV: ts,asset,event (failure|maintenance)")
-    f.add_argument("--format", choices=["long"], default="long", help="history layout")
-    f.add_argument("--period", type=_positive_float, help="sample period in seconds (default: inferred)")
-    f.add_argument("--window", type=_positive_int, default=30, help="window length W in cells")
-    f.add_argument("--horizon", type=_positive_int, default=5, help="forecast horizon H in cells")
-    f.add_argument("--fail-horizon", type=_positive_int, default=1440,
-                   help="failure horizon in cells: fail_prob is P(failure within it)")
-    f.add_argument("--max-gap", type=int, default=5, help="gaps up to this many cells are filled forward")
-    f.add_argument("--hidden", type=_positive_int, default=32, help="LSTM hidden units")
-    f.add_argument("--layers", type=_positive_int, default=1, help="LSTM layers")
-    f.add_argument("--epochs", type=_positive_int, default=20)
-    f.add_argument("--windows-per-epoch", type=_positive_int, default=40_000)
-    f.add_argument("--false-alarms", type=_positive_float, default=1.0,
-                   help="false-alarm budget: warnings per asset per 30 days")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--threads", type=_positive_int, default=2, help="torch threads")
+    f.add_argument("--format", dest="fmt", choices=FORMATS, default="long", help="history layout")
+    f.add_argument("--channels", type=_names, help="comma-separated channels to use, in this order")
+    f.add_argument("--regime-channels", type=_names,
+                   help="channels that set the operating regime (per-regime normalisation)")
+    f.add_argument("--regimes", dest="n_regimes", type=int, help="number of regimes (default: found)")
+    f.add_argument("--scaling", choices=["z", "minmax"], help="normalisation: z-score or min-max")
+    f.add_argument("--period", dest="period_s", type=_positive_float,
+                   help="sample period in seconds (default: inferred)")
+    f.add_argument("--window", type=_positive_int, help="window length W in cells (default 30)")
+    f.add_argument("--horizon", type=_positive_int, help="forecast horizon H in cells (default 5)")
+    f.add_argument("--fail-horizon", type=_positive_int,
+                   help="failure horizon in cells: fail_prob is P(failure within it) (default 1440)")
+    f.add_argument("--max-gap", type=int, help="gaps up to this many cells are filled forward (default 5)")
+    f.add_argument("--rul-cap", type=float,
+                   help="RUL head with piecewise-linear target min(RUL, cap) in cells; 0 = none")
+    f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
+                   help="no forecast heads (then risk comes from the failure head alone)")
+    f.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default lstm)")
+    f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
+    f.add_argument("--layers", type=_positive_int, help="LSTM layers")
+    f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
+    f.add_argument("--epochs", type=_positive_int)
+    f.add_argument("--windows-per-epoch", type=_positive_int)
+    f.add_argument("--batch-size", type=_positive_int)
+    f.add_argument("--lr", type=_positive_float, help="peak learning rate (warm-up, then cosine)")
+    f.add_argument("--patience", type=_positive_int, help="epochs without improvement before stopping")
+    f.add_argument("--val-fraction", type=_fraction, help="share of assets for validation")
+    f.add_argument("--test-fraction", type=_fraction, help="share of assets held out for test")
+    f.add_argument("--false-alarms", dest="false_alarms_per_30_days", type=_positive_float,
+                   help="false-alarm budget: warnings per asset per 30 days (default 1)")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--threads", type=_positive_int, help="torch threads")
+    f.add_argument("--checkpoint", type=Path, help="checkpoint file, written every epoch")
+    f.add_argument("--resume", action="store_true", default=None, help="continue from --checkpoint")
+    f.add_argument("--stop-after", type=_positive_int, help="stop after N epochs (resume later)")
+    f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
 
-    e = sub.add_parser("evaluate", help="score a model on a history: alert and forecast metrics")
+    e = sub.add_parser("evaluate", help="score a model on a history: RUL, alert and forecast metrics")
     e.add_argument("model", type=Path)
-    e.add_argument("--history", type=Path, required=True)
+    e.add_argument("data", type=Path, nargs="?", help="history file (or use --history)")
+    e.add_argument("--history", type=Path)
     e.add_argument("--events", type=Path)
+    e.add_argument("--format", dest="fmt", choices=FORMATS, default="long")
+    e.add_argument("--rul", type=Path, help="C-MAPSS RUL_FD00x.txt for a test file (default: beside it)")
     e.add_argument("--max-gap", type=int, default=5)
-    e.add_argument("--report", type=Path, help="directory for metrics.json")
+    e.add_argument("--report", type=Path, help="directory for metrics.json, report.md and plots")
 
     i = sub.add_parser("inspect", help="print a model file's metadata")
     i.add_argument("model", type=Path)
     return p
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from training.fit import FitOptions, fit
+def fit_options(args: argparse.Namespace) -> Any:
+    """FitOptions from the command line: the format's preset, overridden by what was given."""
+    from training.fit import FitOptions, cmapss_options
 
-    spec, summary = fit(FitOptions(
-        history=args.history, events=args.events, out=args.out, period_s=args.period,
-        window=args.window, horizon=args.horizon, fail_horizon=args.fail_horizon,
-        max_gap=args.max_gap, hidden=args.hidden, layers=args.layers, epochs=args.epochs,
-        windows_per_epoch=args.windows_per_epoch, false_alarms_per_30_days=args.false_alarms,
-        seed=args.seed, threads=args.threads, progress=not args.quiet))
-    print(json.dumps({"model": str(args.out), "version": spec.version,
-                      "validation": summary["validation"], "thresholds": summary["thresholds"]}))
+    names = {f.name for f in fields(FitOptions)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given["progress"] = not args.quiet
+    if args.fmt == "cmapss":
+        return cmapss_options(**given)
+    return FitOptions(**given)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from training.fit import fit
+
+    opts = fit_options(args)
+    if opts.resume and opts.checkpoint is None:
+        raise ValueError("--resume needs --checkpoint")
+    spec, summary = fit(opts)
+    print(json.dumps({"model": str(args.out), "version": spec.version, "heads": list(spec.heads),
+                      "validation": summary["validation"], "thresholds": summary["thresholds"],
+                      **({"test": summary["test"]} if "test" in summary else {})}))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate_file
 
-    metrics = evaluate(args.model, args.history, args.events, max_gap=args.max_gap)
-    text = json.dumps(metrics, indent=2)
-    print(text)
+    history = args.history or args.data
+    if history is None:
+        raise ValueError("evaluate needs a history file (DATA or --history)")
+    ev = evaluate_file(args.model, history, args.events, fmt=args.fmt, rul_file=args.rul,
+                       max_gap=args.max_gap)
+    print(json.dumps(ev.metrics, indent=2))
     if args.report:
-        args.report.mkdir(parents=True, exist_ok=True)
-        (args.report / "metrics.json").write_text(text + "\n")
+        from training.report import render
+
+        page = render(ev, args.report, title=f"Vigil model evaluation: {history.name}")
+        print(f"report: {page}", file=sys.stderr)
     return 0
 
 

@@ -1,23 +1,33 @@
-"""History and events files: read, check, and resample per asset onto the agent's grid."""
+"""Histories and events: read long, wide or C-MAPSS files and resample per asset onto the agent's grid.
+
+Formats (`--format`):
+- `long`: `ts,asset,channel,value`, one reading per row (CSV or Parquet).
+- `wide`: `ts,asset,<one column per channel>`, one row per asset and time; an empty cell is
+  a reading that did not happen (CSV or Parquet).
+- `cmapss`: the NASA C-MAPSS text files (see `training.cmapss`).
+Readings are gathered chunk by chunk into compact numeric arrays, then put on the grid
+with the agent's own `to_grid`, so a training window is what the agent would have held.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from agent.errors import DataError
 from agent.windows import Aggregation, cells_of, to_grid
+from training import readers
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Format = Literal["long", "wide", "cmapss"]
+FORMATS: tuple[Format, ...] = ("long", "wide", "cmapss")
 EVENT_KINDS = ("failure", "maintenance")
+LONG_COLUMNS = ("ts", "asset", "channel", "value")
 
 
 @dataclass(frozen=True)
@@ -46,64 +56,28 @@ class Event:
     event: str
 
 
-def _read_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    try:
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-        else:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={"asset": pa.string(), "channel": pa.string(), "event": pa.string()}))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: {str(exc).splitlines()[0]}") from exc
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; header must be {','.join(columns)}")
-    return table.select(list(columns))
+@dataclass
+class _Readings:
+    """Readings gathered from chunks as numbers; names are coded through growing dictionaries."""
+
+    ts: list[FloatArray] = field(default_factory=list)
+    asset: list[IntArray] = field(default_factory=list)
+    channel: list[IntArray] = field(default_factory=list)
+    value: list[FloatArray] = field(default_factory=list)
+    asset_names: dict[str, int] = field(default_factory=dict)
+    channel_names: dict[str, int] = field(default_factory=dict)
+
+    def codes(self, names: list[str], table: dict[str, int]) -> IntArray:
+        return np.array([table.setdefault(str(n), len(table)) for n in names], dtype=np.int64)
+
+    def add(self, ts: FloatArray, asset: IntArray, channel: IntArray, value: FloatArray) -> None:
+        self.ts.append(ts)
+        self.asset.append(asset)
+        self.channel.append(channel)
+        self.value.append(value)
 
 
-def _epoch_seconds(col: pa.ChunkedArray, path: Path) -> FloatArray:
-    """`ts` as epoch seconds from numbers or RFC 3339 strings."""
-    if pa.types.is_timestamp(col.type):
-        return np.asarray(pc.cast(col, pa.timestamp("us", "UTC")).cast(pa.int64()), dtype=np.float64) / 1e6
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        # A text column may mix RFC 3339 and epoch numbers; each row may be either.
-        col = col.combine_chunks()
-        parsed = pc.strptime(col, format="%Y-%m-%dT%H:%M:%S%z", unit="us", error_is_null=True)
-        out = np.asarray(parsed.cast(pa.int64()).fill_null(0), dtype=np.float64) / 1e6
-        numeric = np.asarray(pc.match_substring_regex(col, r"^\s*-?\d+(\.\d*)?\s*$").fill_null(False))
-        if numeric.any():
-            out[numeric] = np.asarray(pc.cast(pc.filter(col, pa.array(numeric)), pa.float64()))
-        bad = np.asarray(pc.is_null(parsed)) & ~numeric
-        for i in np.flatnonzero(bad):  # what Arrow's strptime cannot: fractional seconds
-            ts = _iso_seconds(col[int(i)].as_py())
-            if ts is not None:
-                out[i], bad[i] = ts, False
-        if bad.any():
-            row = int(np.argmax(bad)) + 2  # +1 for the header, +1 for 1-based rows
-            raise DataError(f"{path}: row {row}, column ts: not epoch seconds or RFC 3339")
-        return out
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        return np.asarray(col.cast(pa.float64()), dtype=np.float64)
-    raise DataError(f"{path}: column ts has type {col.type}, expected numbers or RFC 3339 text")
-
-
-def _iso_seconds(text: str | None) -> float | None:
-    try:
-        dt = datetime.fromisoformat(text or "")
-    except ValueError:
-        return None
-    return dt.timestamp() if dt.tzinfo is not None else None
-
-
-def _check_finite(arr: FloatArray, path: Path, column: str) -> None:
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise DataError(f"{path}: row {int(np.argmax(bad)) + 2}, column {column}: empty or not a number")
-
-
-def infer_period(ts: FloatArray, keys: npt.NDArray[np.int64]) -> float:
+def infer_period(ts: FloatArray, keys: IntArray) -> float:
     """The sample period: the median positive gap between readings of the same series."""
     order = np.lexsort((ts, keys))
     t, k = ts[order], keys[order]
@@ -114,66 +88,120 @@ def infer_period(ts: FloatArray, keys: npt.NDArray[np.int64]) -> float:
     return float(np.median(gaps))
 
 
-def load_history(path: Path, *, period_s: float | None = None,
+def load_history(path: Path, *, fmt: Format = "long", period_s: float | None = None,
                  channels: tuple[str, ...] | None = None, agg: Aggregation = "last") -> History:
-    """Read a long-format history (`ts,asset,channel,value`) and resample it per asset."""
+    """Read a long- or wide-format history (CSV or Parquet) and resample it per asset.
+
+    `channels` picks and orders the channels (the model's, at evaluation); by default all
+    of them, sorted by name for long format and in header order for wide format.
+    """
     path = Path(path)
-    table = _read_table(path, ("ts", "asset", "channel", "value"))
-    if table.num_rows == 0:
+    if fmt == "long":
+        r = _read_long(path)
+        found = sorted(r.channel_names, key=r.channel_names.__getitem__)
+        default = tuple(sorted(found))
+    elif fmt == "wide":
+        r = _read_wide(path)
+        found = sorted(r.channel_names, key=r.channel_names.__getitem__)
+        default = tuple(found)
+    else:
+        raise DataError(f"{path}: format {fmt!r} is not a long or wide history")
+    if not r.ts:
         raise DataError(f"{path}: no rows")
-    ts = _epoch_seconds(table["ts"], path)
-    _check_finite(ts, path, "ts")
-    try:
-        values = np.asarray(table["value"].cast(pa.float64()), dtype=np.float64)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"{path}: column value: {exc}") from exc
-    _check_finite(values, path, "value")
-    asset_codes = table["asset"].combine_chunks().dictionary_encode()
-    chan_codes = table["channel"].combine_chunks().dictionary_encode()
-    chan_names = tuple(str(c) for c in chan_codes.dictionary.to_pylist())
-    chan_idx = np.asarray(chan_codes.indices, dtype=np.int64)
-    if channels is None:
-        channels = tuple(sorted(chan_names))
-    remap = np.array([channels.index(c) if c in channels else -1 for c in chan_names], dtype=np.int64)
-    chan_idx = remap[chan_idx]
-    keep = chan_idx >= 0
-    asset_idx = np.asarray(asset_codes.indices, dtype=np.int64)
+    want = default if channels is None else tuple(channels)
+    missing = [c for c in want if c not in r.channel_names]
+    if missing:
+        raise DataError(f"{path}: channel(s) {missing} not in the file")
+    remap = np.array([want.index(c) if c in want else -1 for c in found], dtype=np.int64)
+    ts, values = np.concatenate(r.ts), np.concatenate(r.value)
+    chan = remap[np.concatenate(r.channel)]
+    asset = np.concatenate(r.asset)
+    keep = chan >= 0
+    ts, values, chan, asset = ts[keep], values[keep], chan[keep], asset[keep]
     if period_s is None:
-        period_s = infer_period(ts[keep], asset_idx[keep] * len(channels) + chan_idx[keep])
+        period_s = infer_period(ts, asset * len(want) + chan)
+    names = sorted(r.asset_names, key=r.asset_names.__getitem__)
+    return grid_history(ts, asset, chan, values, names, want, period_s, agg, readers.fingerprint(path))
+
+
+def grid_history(ts: FloatArray, asset: IntArray, chan: IntArray, values: FloatArray,
+                 asset_names: list[str], channels: tuple[str, ...], period_s: float,
+                 agg: Aggregation, fingerprint: str) -> History:
+    """Readings as numbers into a History, one grid per asset (assets sorted by name)."""
     cells = cells_of(ts, period_s)
+    order = np.argsort(asset, kind="stable")
+    bounds = np.searchsorted(asset[order], np.arange(len(asset_names) + 1))
     series = []
-    for a, name in enumerate(asset_codes.dictionary.to_pylist()):
-        m = keep & (asset_idx == a)
-        if not m.any():
+    for a, name in enumerate(asset_names):
+        m = order[bounds[a]:bounds[a + 1]]
+        if len(m) == 0:
             continue
-        start, grid = to_grid(cells[m], chan_idx[m], values[m], ts[m], len(channels), agg)
-        series.append(AssetSeries(str(name), start, grid))
+        start, grid = to_grid(cells[m], chan[m], values[m], ts[m], len(channels), agg)
+        series.append(AssetSeries(name, start, grid))
     series.sort(key=lambda s: s.asset)
-    fp = _fingerprint(path)
-    return History(channels, period_s, tuple(series), fp)
+    return History(tuple(channels), float(period_s), tuple(series), fingerprint)
 
 
-def _fingerprint(path: Path) -> str:
-    import hashlib
+def _check_header(path: Path, names: list[str], required: tuple[str, ...], layout: str) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; header must be {layout}")
 
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()[:16]}"
+
+def _read_long(path: Path) -> _Readings:
+    _check_header(path, readers.header(path), LONG_COLUMNS, ",".join(LONG_COLUMNS))
+    r = _Readings()
+    for chunk in readers.read_chunks(path, list(LONG_COLUMNS)):
+        if chunk.table.num_rows == 0:
+            continue
+        ts = readers.seconds(chunk)
+        values = readers.numbers(chunk, "value")
+        assets = readers.texts(chunk, "asset")
+        chans = readers.texts(chunk, "channel")
+        a = r.codes(assets.dictionary.to_pylist(), r.asset_names)[np.asarray(assets.indices)]
+        c = r.codes(chans.dictionary.to_pylist(), r.channel_names)[np.asarray(chans.indices)]
+        r.add(ts, a, c, values)
+    return r
+
+
+def _read_wide(path: Path) -> _Readings:
+    names = readers.header(path)
+    _check_header(path, names, ("ts", "asset"), "ts,asset,<channel>,...")
+    chans = [c for c in names if c not in ("ts", "asset")]
+    if not chans:
+        raise DataError(f"{path}: no channel columns besides ts and asset")
+    if len(set(chans)) != len(chans):
+        raise DataError(f"{path}: repeated channel column names")
+    r = _Readings()
+    codes = r.codes(chans, r.channel_names)
+    for chunk in readers.read_chunks(path, ["ts", "asset", *chans]):
+        n = chunk.table.num_rows
+        if n == 0:
+            continue
+        ts = readers.seconds(chunk)
+        assets = readers.texts(chunk, "asset")
+        a = r.codes(assets.dictionary.to_pylist(), r.asset_names)[np.asarray(assets.indices)]
+        for code, name in zip(codes, chans, strict=True):
+            v = readers.numbers(chunk, name, empty_is_missing=True)
+            have = ~np.isnan(v)
+            r.add(ts[have], a[have], np.full(int(have.sum()), code, dtype=np.int64), v[have])
+    return r
 
 
 def load_events(path: Path) -> list[Event]:
-    """Read an events file (`ts,asset,event`)."""
+    """Read an events file (`ts,asset,event`, event one of failure|maintenance)."""
     path = Path(path)
-    table = _read_table(path, ("ts", "asset", "event"))
-    ts = _epoch_seconds(table["ts"], path)
-    _check_finite(ts, path, "ts")
-    assets = table["asset"].to_pylist()
-    kinds = table["event"].to_pylist()
-    out = []
-    for i, (t, a, e) in enumerate(zip(ts, assets, kinds, strict=True)):
-        if e not in EVENT_KINDS:
-            raise DataError(f"{path}: row {i + 2}, column event: {e!r} is not one of {EVENT_KINDS}")
-        out.append(Event(float(t), str(a), str(e)))
+    _check_header(path, readers.header(path), ("ts", "asset", "event"), "ts,asset,event")
+    out: list[Event] = []
+    for chunk in readers.read_chunks(path, ["ts", "asset", "event"]):
+        ts = readers.seconds(chunk)
+        assets = chunk.table["asset"].to_pylist()
+        kinds = chunk.table["event"].to_pylist()
+        for i, (t, a, e) in enumerate(zip(ts, assets, kinds, strict=True)):
+            if e not in EVENT_KINDS:
+                raise DataError(f"{path}: row {chunk.row(i)}, column event: {e!r} is not one of "
+                                f"{EVENT_KINDS}")
+            if not a:
+                raise DataError(f"{path}: row {chunk.row(i)}, column asset: empty")
+            out.append(Event(float(t), str(a), str(e)))
     return out

@@ -1,4 +1,10 @@
-"""From history files to a calibrated model file and a validation summary."""
+"""From history files to a calibrated model file and a validation summary.
+
+Steps: load and grid the history, window and label it, split by asset, fit the
+normalisation on training rows (per regime where there are several), train, calibrate on
+validation assets (temperature, surprise, combiner, thresholds), export with the parity
+check, and write a summary (and a report, if asked) beside the model.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +19,18 @@ import numpy as np
 import torch
 
 from agent.runtime import load_model
-from agent.spec import Combiner, ModelSpec, Normalisation
-from agent.windows import cell_of
+from agent.spec import Combiner, ModelSpec, SurpriseStats
 from training import calibrate as cal
-from training.data import Event, History, load_events, load_history
+from training.data import Event, Format, History, load_events, load_history
+from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
-from training.labels import WindowSet, build_windows, fit_normalisation, split_assets
-from training.model import Forecaster, ModelConfig
-from training.train import TrainConfig, seed_everything, train
+from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
+from training.model import Forecaster, ModelConfig, n_params
+from training.regimes import Scaling
+from training.train import TrainConfig, TrainResult, seed_everything, train
+
+# Without forecast heads there is no surprise signal; the spec still needs a valid placeholder.
+NO_SURPRISE = SurpriseStats(1.0, (0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -28,76 +38,99 @@ class FitOptions:
     history: Path
     out: Path
     events: Path | None = None
+    fmt: Format = "long"
+    channels: tuple[str, ...] | None = None
+    regime_channels: tuple[str, ...] = ()
+    n_regimes: int | None = None          # None: found from the data
+    scaling: Scaling = "z"
     period_s: float | None = None
     window: int = 30
     horizon: int = 5
     fail_horizon: int = 1440
     max_gap: int = 5
+    pad_start: bool = False
+    rul_cap: float = 0.0                  # 0: no RUL head
+    forecast: bool = True
+    cell: str = "lstm"
     hidden: int = 32
     layers: int = 1
+    dropout: float = 0.0
+    head_hidden: int = 0
     epochs: int = 20
     windows_per_epoch: int = 40_000
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    patience: int = 4
+    input_noise: float = 0.0
+    ema: float = 0.0
+    forecast_weight: float = 1.0
+    fail_weight: float = 1.0
+    rul_weight: float = 1.0
+    huber_delta: float = 0.1
     val_fraction: float = 0.25
+    test_fraction: float = 0.0
     false_alarms_per_30_days: float = 1.0
     surprise_alpha: float = 0.1
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    checkpoint: Path | None = None
+    resume: bool = False
+    stop_after: int = 0
+    report: Path | None = None
 
 
-def failure_cells(ws: WindowSet, events: list[Event], period_s: float) -> dict[int, list[int]]:
-    """Failure cells per asset index of a window set."""
-    index = {a: i for i, a in enumerate(ws.assets)}
-    out: dict[int, list[int]] = {}
-    for e in events:
-        if e.event == "failure" and e.asset in index:
-            out.setdefault(index[e.asset], []).append(cell_of(e.ts, period_s))
-    return out
+def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
+    """The C-MAPSS preset (docs/training.md): 14 sensors, regimes from the operating settings,
+    window 30, RUL capped at 125 cycles, a 2-layer LSTM, early stopping on validation engines."""
+    from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
+
+    base: dict[str, Any] = dict(
+        history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
+        window=30, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
+        hidden=64, layers=1, dropout=0.0, head_hidden=0, epochs=30, windows_per_epoch=100_000,
+        batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
+        huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0)
+    base.update(overrides)
+    return FitOptions(**base)
+
+
+def load_data(opts: FitOptions) -> tuple[History, list[Event]]:
+    """The history on its grid and its events (C-MAPSS brings its own failures)."""
+    if opts.fmt == "cmapss":
+        from training.cmapss import load_cmapss
+
+        data = load_cmapss(opts.history, channels=opts.channels)
+        return data.history, data.events + (load_events(opts.events) if opts.events else [])
+    history = load_history(opts.history, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels)
+    return history, load_events(opts.events) if opts.events else []
 
 
 @dataclass(frozen=True)
-class Scored:
-    """A model's view of a window set: probabilities, risk, and what the levels would do."""
+class Prepared:
+    """Labelled windows split by asset, ready to train on."""
 
-    p_fail: np.ndarray | None
-    p_surprise: np.ndarray
-    risk: np.ndarray
-    alerts: cal.AlertStats
-    forecast_nll: float
-
-
-def score(pred: cal.Predictions, temperature: float, spec: ModelSpec, ws: WindowSet,
-          events: list[Event]) -> Scored:
-    """Replay the agent's risk and levels from a model's predictions over a window set."""
-    scores = cal.surprise_scores(ws, pred, spec.surprise.ewma_alpha)
-    ps = cal.surprise_probabilities(scores, spec.surprise)
-    pf = cal.fail_probabilities(pred.logit, temperature) if "fail_prob" in spec.heads else None
-    risk = cal.risks(pf, ps, spec.combiner)
-    fc = failure_cells(ws, events, spec.period_s)
-    alerts = cal.replay_levels(ws, risk, spec.thresholds, spec.period_s, spec.fail_horizon, fc)
-    y = ws.y(np.arange(len(ws)), spec.normalisation)
-    nll = 0.5 * (pred.logvar + (y - pred.mean) ** 2 * np.exp(-pred.logvar)).mean(axis=(1, 2))
-    return Scored(pf, ps, risk, alerts, float(nll[ws.has_target].mean()) if ws.has_target.any() else float("nan"))
+    history: History
+    events: list[Event]
+    ws: WindowSet
+    split: Split
+    train: WindowSet
+    val: WindowSet
+    test: WindowSet
 
 
-def metrics_of(s: Scored, ws: WindowSet) -> dict[str, float]:
-    """The numbers a summary reports for one data set."""
-    a = s.alerts
-    out = {
-        "windows": float(len(ws)),
-        "asset_days": round(a.asset_days, 3),
-        "forecast_nll": round(s.forecast_nll, 4),
-        "failures": float(a.failures),
-        "failures_caught": float(a.caught),
-        "warnings": float(a.warnings),
-        "false_warnings": float(a.false_warnings),
-        "false_warnings_per_asset_day": round(a.false_per_asset_day, 5),
-        "mean_lead_time_s": round(float(np.mean(a.lead_times_s)), 1) if a.lead_times_s else float("nan"),
-    }
-    if s.p_fail is not None and ws.fail.sum() > 0:
-        out["fail_pr_auc"] = round(cal.pr_auc(s.p_fail, ws.fail), 4)
-        out["risk_pr_auc"] = round(cal.pr_auc(s.risk, ws.fail), 4)
-    return out
+def prepare(opts: FitOptions) -> Prepared:
+    """Load, window, label and split by asset (train / validation / optional test)."""
+    history, events = load_data(opts)
+    ws = build_windows(history, events, window=opts.window, horizon=opts.horizon,
+                       fail_horizon=opts.fail_horizon, max_gap=opts.max_gap, pad_start=opts.pad_start)
+    if len(ws) == 0:
+        raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history")
+    failing = {e.asset for e in events if e.event == "failure"}
+    split = split_by_asset(tuple(ws.assets), failing, opts.val_fraction, opts.seed, opts.test_fraction)
+    return Prepared(history, events, ws, split, ws.subset(split.mask(ws, "train")),
+                    ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")))
 
 
 def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
@@ -105,58 +138,109 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     t0 = time.monotonic()
     torch.set_num_threads(opts.threads)
     seed_everything(opts.seed)
-    history: History = load_history(opts.history, period_s=opts.period_s)
-    events = load_events(opts.events) if opts.events else []
-    ws = build_windows(history, events, window=opts.window, horizon=opts.horizon,
-                       fail_horizon=opts.fail_horizon, max_gap=opts.max_gap)
-    if len(ws) == 0:
-        raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history")
-    failing = {e.asset for e in events if e.event == "failure"}
-    train_assets, val_assets = split_assets(tuple(ws.assets), failing, opts.val_fraction, opts.seed)
-    in_train = np.isin(np.array(ws.assets)[ws.asset], sorted(train_assets))
-    train_ws, val_ws = ws.subset(in_train), ws.subset(~in_train)
-    has_labels = bool(train_ws.fail.sum() > 0 and val_ws.fail.sum() > 0)
-    norm: Normalisation = fit_normalisation(train_ws)
-    model = Forecaster(ModelConfig(n_channels=len(history.channels), horizon=opts.horizon,
-                                   hidden=opts.hidden, layers=opts.layers, fail_head=has_labels))
-    result = train(model, train_ws, val_ws, norm, TrainConfig(
-        epochs=opts.epochs, windows_per_epoch=opts.windows_per_epoch, seed=opts.seed,
-        progress=opts.progress))
+    p = prepare(opts)
+    history = p.history
+    unknown = [c for c in opts.regime_channels if c not in history.channels]
+    if unknown:
+        raise ValueError(f"regime channel(s) {unknown} are not among the channels {list(history.channels)}")
+    regime_idx = tuple(history.channels.index(c) for c in opts.regime_channels)
+    norm = fit_normalisation(p.train, regime_idx, opts.n_regimes, opts.scaling, opts.seed)
+    train_data, val_data = p.train.inputs(norm), p.val.inputs(norm)
+    has_fail = bool(p.train.fail.sum() > 0 and p.val.fail.sum() > 0)
+    has_rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
+    has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
+    mcfg = ModelConfig(n_channels=len(history.channels), horizon=opts.horizon, hidden=opts.hidden,
+                       layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
+                       forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
+                       head_hidden=opts.head_hidden, cell=opts.cell)
+    model = Forecaster(mcfg)
+    tcfg = TrainConfig(
+        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
+        windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
+        forecast_weight=opts.forecast_weight, fail_weight=opts.fail_weight, rul_weight=opts.rul_weight,
+        huber_delta=opts.huber_delta, input_noise=opts.input_noise, ema=opts.ema, seed=opts.seed,
+        progress=opts.progress, stop_after=opts.stop_after)
+    contract = {"channels": list(history.channels), "period_s": history.period_s, "window": opts.window,
+                "horizon": opts.horizon, "fail_horizon": opts.fail_horizon, "rul_cap": opts.rul_cap,
+                "normalisation": asdict(norm), "fingerprint": history.fingerprint}
+    result = train(model, train_data, val_data, tcfg, mcfg.rul_cap, checkpoint=opts.checkpoint,
+                   resume=opts.resume, contract=contract)
+    if not result.finished:
+        raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
+                         f"resume with --resume --checkpoint {opts.checkpoint}")
+    train_seconds = time.monotonic() - t0
 
-    # Calibrate on validation assets only, replaying what the agent will do.
-    pred = cal.predict(model, val_ws, norm)
-    if has_labels:
+    spec, pred = calibrate(model, opts, history, norm, val_data, p.events)
+    heads = spec.heads
+    val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
+    val_metrics = metrics_of(val_scored, p.val, spec)
+    spec = replace(spec, metrics=flat(val_metrics))
+    probe = val_data.x(np.arange(min(len(p.val), 64)))
+    spec = export(model, spec, probe, opts.out)
+    load_model(opts.out)  # the agent's own checks: metadata, shapes, finite outputs
+    summary: dict[str, Any] = {
+        "model": str(opts.out), "version": spec.version, "heads": list(heads),
+        "train_assets": sorted(p.split.train), "val_assets": sorted(p.split.val),
+        "test_assets": sorted(p.split.test), "train_windows": len(p.train), "val_windows": len(p.val),
+        "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
+        "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
+        "combiner": asdict(spec.combiner), "validation": val_metrics,
+        "train_seconds": round(train_seconds, 1), "params": n_params(model),
+        "model_config": asdict(mcfg), "curve": result.curve,
+    }
+    if len(p.test):
+        summary["test"] = _test_metrics(opts.out, p, spec)
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    summary_text = json.dumps(summary, indent=2, default=float) + "\n"
+    Path(opts.out).with_suffix(".summary.json").write_text(summary_text)
+    if opts.report is not None:
+        from training.report import render
+
+        render(Evaluation(spec, history, p.events, p.val, val_scored, val_metrics), opts.report,
+               title="Vigil model: validation assets")
+    return spec, summary
+
+
+def calibrate(model: Forecaster, opts: FitOptions, history: History, norm: Any, val_data: Inputs,
+              events: list[Event]) -> tuple[ModelSpec, cal.Predictions]:
+    """Calibrate on validation assets only, replaying what the agent will do; the spec before export."""
+    val_ws = val_data.ws
+    pred = cal.predict(model, val_data)
+    if model.has_fail:
         model.temperature.fill_(cal.fit_temperature(pred.logit, val_ws.fail))
-    scores = cal.surprise_scores(val_ws, pred, opts.surprise_alpha)
-    surprise = cal.fit_surprise(scores, val_ws.fail == 0, opts.surprise_alpha)
-    ps = cal.surprise_probabilities(scores, surprise)
-    pf = cal.fail_probabilities(pred.logit, float(model.temperature)) if has_labels else None
-    combiner = cal.fit_combiner(pf, ps, val_ws.fail) if has_labels else Combiner(0.0, 1.0, 0.0)
+    pf = cal.fail_probabilities(pred.logit, float(model.temperature)) if model.has_fail else None
+    if model.has_forecast:
+        scores = cal.surprise_scores(val_ws, pred, opts.surprise_alpha)
+        surprise = cal.fit_surprise(scores, val_ws.fail == 0, opts.surprise_alpha)
+        ps = cal.surprise_probabilities(scores, surprise)
+        combiner = cal.fit_combiner(pf, ps, val_ws.fail) if pf is not None else Combiner(0.0, 1.0, 0.0)
+    else:
+        surprise, ps = NO_SURPRISE, np.full(len(val_ws), np.nan)
+        combiner = Combiner(1.0, 0.0, 0.0)  # risk is the calibrated failure probability
     risk = cal.risks(pf, ps, combiner)
     fc = failure_cells(val_ws, events, history.period_s)
     budget = opts.false_alarms_per_30_days / 30.0
     thresholds = cal.calibrate_thresholds(val_ws, risk, history.period_s, opts.fail_horizon, fc, budget)
-
-    heads = ("forecast_mean", "forecast_logvar") + (("fail_prob",) if has_labels else ())
+    heads = (("forecast_mean", "forecast_logvar") if model.has_forecast else ()) + (
+        ("fail_prob",) if model.has_fail else ()) + (("rul",) if model.has_rul else ())
     spec = ModelSpec(
-        channels=history.channels, period_s=history.period_s, window=opts.window,
-        horizon=opts.horizon, fail_horizon=opts.fail_horizon, normalisation=norm, heads=heads,
-        thresholds=thresholds, surprise=surprise, combiner=combiner, fingerprint=history.fingerprint,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    val_metrics = metrics_of(score(pred, float(model.temperature), spec, val_ws, events), val_ws)
-    spec = replace(spec, metrics={k: v for k, v in val_metrics.items() if np.isfinite(v)})
-    probe = val_ws.x(np.arange(min(len(val_ws), 64)), norm)
-    spec = export(model, spec, probe, opts.out)
-    load_model(opts.out)  # the agent's own checks: metadata, shapes, finite outputs
-    summary: dict[str, Any] = {
-        "model": str(opts.out), "version": spec.version, "train_assets": sorted(train_assets),
-        "val_assets": sorted(val_assets), "train_windows": len(train_ws), "val_windows": len(val_ws),
-        "period_s": history.period_s, "epochs_run": result.epochs_run,
-        "best_val_loss": round(result.best_val_loss, 5), "temperature": float(model.temperature),
-        "thresholds": asdict(thresholds), "combiner": asdict(combiner),
-        "validation": val_metrics, "train_seconds": round(time.monotonic() - t0, 1),
-        "params": sum(p.numel() for p in model.parameters()), "curve": result.curve,
-    }
-    summary_path = Path(opts.out).with_suffix(".summary.json")
-    summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    return spec, summary
+        channels=history.channels, period_s=history.period_s, window=opts.window, horizon=opts.horizon,
+        fail_horizon=opts.fail_horizon, normalisation=norm, heads=heads, thresholds=thresholds,
+        surprise=surprise, combiner=combiner, fingerprint=history.fingerprint,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        rul_cap=float(model.rul_cap) if model.has_rul else 0.0)
+    return spec, pred
+
+
+def _test_metrics(model_path: Path, p: Prepared, spec: ModelSpec) -> dict[str, Any]:
+    """The held-out test assets scored through the exported file, as `evaluate` would."""
+    from agent.runtime import load_model as load
+    from training.evaluate import predict_runtime
+
+    data = p.test.inputs(spec.normalisation)
+    scored = score(predict_runtime(load(model_path), data), 1.0, spec, data, p.events)
+    return metrics_of(scored, p.test, spec)
+
+
+__all__ = ["FitOptions", "Prepared", "TrainResult", "cmapss_options", "fit", "prepare"]

@@ -1,11 +1,14 @@
-"""The LSTM forecaster with failure head; plain PyTorch, scriptable for export."""
+"""The LSTM forecaster with failure and RUL heads; plain PyTorch, scriptable for export."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 @dataclass(frozen=True)
@@ -18,42 +21,95 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.0
     fail_head: bool = True
+    forecast_head: bool = True
+    rul_head: bool = False
+    rul_cap: float = 125.0
+    # Width of a small ReLU layer between the LSTM state and the RUL head (0: a linear head).
+    head_hidden: int = 0
+    cell: str = "lstm"  # or "gru"
 
 
 class Forecaster(nn.Module):
     """LSTM encoder over a normalised window; heads read its last hidden state.
 
-    Outputs: `forecast_mean` and `forecast_logvar` [B, H, C] for the next H cells, and
-    `fail_prob` [B] (the failure logit divided by a calibration temperature, through a sigmoid).
+    Outputs: `forecast_mean` and `forecast_logvar` [B, H, C] for the next H cells,
+    `fail_prob` [B] (the failure logit divided by a calibration temperature, through a
+    sigmoid) and `rul` [B] (cells to failure, capped at `rul_cap`), as configured.
+    A head that is switched off has no outputs (and no weights).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if not (cfg.fail_head or cfg.forecast_head or cfg.rul_head):
+            raise ValueError("a model needs at least one head")
+        self.config = cfg  # kept for checkpoints; not part of the scripted model
         self.n_channels = cfg.n_channels
         self.horizon = cfg.horizon
         self.has_fail = cfg.fail_head
-        self.lstm = nn.LSTM(cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.forecast = nn.Linear(cfg.hidden, 2 * cfg.horizon * cfg.n_channels)
-        self.fail = nn.Linear(cfg.hidden, 1)
+        self.has_forecast = cfg.forecast_head
+        self.has_rul = cfg.rul_head
+        self.rul_cap = float(cfg.rul_cap)
+        if cfg.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
+        self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                                    dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        n_forecast = 2 * cfg.horizon * cfg.n_channels if cfg.forecast_head else 0
+        self.forecast = _linear(cfg.hidden, n_forecast)
+        self.fail = _linear(cfg.hidden, 1 if cfg.fail_head else 0)
+        width = cfg.head_hidden if cfg.rul_head else 0
+        self.rul_mlp = width > 0
+        self.rul_hidden = _linear(cfg.hidden, width)
+        self.rul = _linear(width or cfg.hidden, 1 if cfg.rul_head else 0)
         # Set by calibration on validation data; a buffer so it is exported with the weights.
         self.register_buffer("temperature", torch.ones(1))
 
     def encode(self, x: Tensor) -> Tensor:
         out, _ = self.lstm(x)
-        return out[:, -1, :]
+        h: Tensor = self.drop(out[:, -1, :])
+        return h
 
-    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Forecast mean, forecast log-variance and the raw (uncalibrated) failure logit."""
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Forecast mean, forecast log-variance, the raw failure logit and RUL / rul_cap.
+
+        Absent heads give empty tensors.
+        """
         h = self.encode(x)
-        f = self.forecast(h).view(-1, 2, self.horizon, self.n_channels)
-        # Bounded log-variance keeps the Gaussian NLL from running away on tiny residuals.
-        logvar = torch.clamp(f[:, 1], -8.0, 6.0)
-        return f[:, 0], logvar, self.fail(h).squeeze(-1)
+        b = h.shape[0]
+        if self.has_forecast:
+            f = self.forecast(h).view(b, 2, self.horizon, self.n_channels)
+            # Bounded log-variance keeps the Gaussian NLL from running away on tiny residuals.
+            mean, logvar = f[:, 0], torch.clamp(f[:, 1], -8.0, 6.0)
+        else:
+            mean = logvar = h.new_zeros((b, 0, self.n_channels))
+        logit = self.fail(h).squeeze(-1) if self.has_fail else h.new_zeros((b,))
+        if self.has_rul:
+            z = torch.relu(self.rul_hidden(h)) if self.rul_mlp else h
+            rul = self.rul(z).squeeze(-1)
+        else:
+            rul = h.new_zeros((b,))
+        return mean, logvar, logit, rul
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        mean, logvar, logit = self.heads(x)
-        out = {"forecast_mean": mean, "forecast_logvar": logvar}
+        mean, logvar, logit, rul = self.heads(x)
+        out: dict[str, Tensor] = {}
+        if self.has_forecast:
+            out["forecast_mean"] = mean
+            out["forecast_logvar"] = logvar
         if self.has_fail:
             out["fail_prob"] = torch.sigmoid(logit / self.temperature)
+        if self.has_rul:
+            out["rul"] = torch.clamp(rul, min=0.0) * self.rul_cap
         return out
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    """A linear layer; with n_out 0 an empty one (a head that is off keeps the module layout)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(n_in, n_out)
+
+
+def n_params(model: nn.Module) -> int:
+    """Trainable parameters (what the benchmark reports)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sim.history import write_history
 from sim.plant import PlantConfig
 from training.fit import FitOptions
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    """One torch thread: tiny models run fastest so, and a shared 2-core machine is not oversubscribed."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

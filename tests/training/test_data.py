@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from agent.errors import DataError
+from training import readers
 from training.data import infer_period, load_events, load_history
 
 
@@ -85,3 +88,82 @@ class TestPeriodAndEvents:
         bad = write(tmp_path / "bad.csv", "ts,asset,event\n100,p1,failure\n200,p1,exploded\n")
         with pytest.raises(DataError, match="row 3, column event"):
             load_events(bad)
+
+
+class TestWideFormat:
+    def test_wide_csv_matches_long(self, tmp_path: Path) -> None:
+        """A wide file (one column per channel) grids exactly like the same readings in long format."""
+        long = write(tmp_path / "l.csv", "ts,asset,channel,value\n0,p1,t,1\n0,p1,v,5\n60,p1,t,2\n60,p1,v,6\n"
+                     "0,p2,t,3\n0,p2,v,7\n")
+        wide = write(tmp_path / "w.csv", "ts,asset,v,t\n0,p1,5,1\n60,p1,6,2\n0,p2,7,3\n")
+        hl, hw = load_history(long), load_history(wide, fmt="wide")
+        assert hw.channels == ("v", "t")  # header order
+        hw = load_history(wide, fmt="wide", channels=("t", "v"))
+        assert [s.asset for s in hl.assets] == [s.asset for s in hw.assets]
+        for a, b in zip(hl.assets, hw.assets, strict=True):
+            np.testing.assert_array_equal(a.grid, b.grid)
+
+    def test_wide_empty_cell_is_a_missing_reading(self, tmp_path: Path) -> None:
+        """An empty cell in a wide file is no reading (NaN on the grid), not an error."""
+        f = write(tmp_path / "w.csv", "ts,asset,t,v\n0,p1,1,\n60,p1,2,6\n")
+        g = load_history(f, fmt="wide").assets[0].grid
+        assert np.isnan(g[0, 1]) and g.tolist()[1] == [2, 6]
+
+    def test_wide_parquet(self, tmp_path: Path) -> None:
+        """Wide Parquet files load with typed columns, nulls as missing readings."""
+        f = tmp_path / "w.parquet"
+        pq.write_table(pa.table({"ts": [0.0, 60.0], "asset": ["p1", "p1"], "t": [1.0, None],
+                                 "v": [5.0, 6.0]}), f)
+        g = load_history(f, fmt="wide").assets[0].grid
+        assert g[0].tolist() == [1, 5] and np.isnan(g[1, 0]) and g[1, 1] == 6
+
+    @pytest.mark.parametrize(("body", "needle"), [
+        ("ts,asset,t\n0,p1,1\n60,p1,hot\n", "row 3, column t"),
+        ("ts,asset\n0,p1\n", "no channel columns"),
+        ("ts,t,v\n0,1,2\n", "missing column(s) ['asset']"),
+        ("ts,asset,t\n0,p1,1\n,p1,2\n", "row 3, column ts"),
+        ("ts,asset,t\n0,,1\n", "row 2, column asset"),
+    ])
+    def test_bad_wide_files_name_file_row_and_column(self, tmp_path: Path, body: str, needle: str) -> None:
+        """A malformed wide file raises DataError naming the file and the row and column."""
+        f = write(tmp_path / "badwide.csv", body)
+        with pytest.raises(DataError) as exc:
+            load_history(f, fmt="wide")
+        assert "badwide.csv" in str(exc.value) and needle in str(exc.value)
+
+
+class TestChunks:
+    def test_csv_read_in_chunks_gives_the_same_grid(self, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """Reading a CSV in many small blocks gives the same history as one block."""
+        rows = "".join(f"{60 * i},p{i % 3},t,{i}\n{60 * i},p{i % 3},v,{-i}\n" for i in range(300))
+        f = write(tmp_path / "h.csv", "ts,asset,channel,value\n" + rows)
+        whole = load_history(f, period_s=60)
+        monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 256)
+        chunks = list(readers.read_chunks(f, ["ts", "asset", "channel", "value"]))
+        assert len(chunks) > 10 and chunks[1].row0 == 2 + chunks[0].table.num_rows
+        parts = load_history(f, period_s=60)
+        for a, b in zip(whole.assets, parts.assets, strict=True):
+            np.testing.assert_array_equal(a.grid, b.grid)
+
+    def test_error_in_a_later_chunk_names_its_row(self, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad value deep in the file is reported with its own row number, whatever the chunking."""
+        rows = [f"{60 * i},p1,t,{i}\n" for i in range(200)]
+        rows[150] = "9000,p1,t,oops\n"
+        f = write(tmp_path / "h.csv", "ts,asset,channel,value\n" + "".join(rows))
+        monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 200)
+        with pytest.raises(DataError, match=r"h\.csv: row 152, column value"):
+            load_history(f)
+
+    def test_parquet_long_in_batches(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Long-format Parquet is read batch by batch with the same result."""
+        n = 50
+        table = pa.table({"ts": [60.0 * (i // 2) for i in range(2 * n)], "asset": ["p1"] * (2 * n),
+                          "channel": ["t", "v"] * n, "value": [float(i) for i in range(2 * n)]})
+        f = tmp_path / "h.parquet"
+        pq.write_table(table, f)
+        whole = load_history(f)
+        monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 7)
+        assert len(list(readers.read_chunks(f, ["ts"]))) == 15
+        np.testing.assert_array_equal(load_history(f).assets[0].grid, whole.assets[0].grid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from agent.runtime import load_model
 from agent.spec import ModelSpec
 from tests.training.conftest import tiny_options
 from training import cli
-from training.evaluate import evaluate
+from training.evaluate import evaluate, evaluate_file
 from training.export import export
-from training.fit import fit
+from training.fit import cmapss_options, fit
 from training.model import Forecaster, ModelConfig
+from training.report import render
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,73 @@ class TestFit:
         assert np.isfinite(m["forecast_nll"]) and 0 < m["fail_pr_auc"] <= 1
 
 
+    def test_evaluate_renders_the_report(self, fitted: tuple[Path, ModelSpec, dict],
+                                         small_history: tuple[Path, Path], tmp_path: Path) -> None:
+        """The report has its metrics table, forecast error per channel and real PNG plots."""
+        ev = evaluate_file(fitted[0], small_history[0], small_history[1])
+        page = render(ev, tmp_path / "rep")
+        text = page.read_text()
+        assert "## Metrics" in text and "| fail_pr_auc |" in text and "## Forecast error per channel" in text
+        for name in ("risk_timelines", "calibration", "lead_times"):
+            assert (tmp_path / "rep" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"({name}.png)" in text
+        assert "skipped predicted vs true RUL" in text  # this model has no RUL head
+        assert json.loads((tmp_path / "rep" / "metrics.json").read_text()) == ev.metrics
+
+
+def drifting_cmapss(lives: dict[int, int], seed: int) -> str:
+    """C-MAPSS rows whose sensor 2 and 3 rise towards each unit's end (a learnable RUL)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for unit, life in lives.items():
+        for cycle in range(1, life + 1):
+            wear = np.exp(3.0 * cycle / life)
+            v = np.concatenate([rng.normal(0, 0.001, 3), rng.normal(0, 0.05, 21)])
+            v[4:6] += wear
+            lines.append(" ".join([str(unit), str(cycle), *(f"{x:.5f}" for x in v)]) + "  ")
+    return "\n".join(lines) + "\n"
+
+
+class TestCmapssFit:
+    def test_fit_and_evaluate_a_tiny_cmapss_set(self, tmp_path: Path) -> None:
+        """--format cmapss trains an RUL model; evaluate scores each test unit's last window, padded if short."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 11)}, seed=0))
+        test = tmp_path / "test_FD009.txt"
+        test.write_text(drifting_cmapss({1: 30, 2: 8, 3: 25}, seed=1))
+        (tmp_path / "RUL_FD009.txt").write_text("12\n30\n5\n")
+        opts = cmapss_options(train, tmp_path / "c.pt", window=10, hidden=8, epochs=3, threads=1,
+                              progress=False, val_fraction=0.3)
+        spec, summary = fit(opts)
+        assert set(spec.heads) == {"fail_prob", "rul"} and spec.rul_cap == 125.0
+        assert spec.period_s == 1.0 and spec.normalisation.n_regimes == 0
+        assert not set(summary["train_assets"]) & set(summary["val_assets"])
+        m = evaluate(tmp_path / "c.pt", test, fmt="cmapss")
+        assert m["rul_assets"] == 3 and np.isfinite(m["rul_rmse"]) and m["rul_score"] > 0
+        assert cli.main(["evaluate", str(tmp_path / "c.pt"), str(test), "--format", "cmapss",
+                         "--report", str(tmp_path / "rep")]) == 0
+        assert (tmp_path / "rep" / "rul.png").exists()
+
+
 class TestExport:
+    def test_rul_model_exports_with_parity(self, tmp_path: Path,
+                                           fitted: tuple[Path, ModelSpec, dict]) -> None:
+        """A model with every head exports, and the agent's runtime matches the eager model within 1e-5."""
+        torch.manual_seed(0)
+        model = Forecaster(ModelConfig(n_channels=5, horizon=2, hidden=8, rul_head=True, rul_cap=50.0,
+                                       head_hidden=4)).eval()
+        spec = replace(fitted[1], channels=tuple("abcde"), heads=(
+            "forecast_mean", "forecast_logvar", "fail_prob", "rul"), rul_cap=50.0)
+        probe = np.random.default_rng(0).normal(size=(4, 12, 5)).astype(np.float32)
+        export(model, spec, probe, tmp_path / "r.pt")
+        rt = load_model(tmp_path / "r.pt")
+        out = rt.infer(probe)
+        with torch.no_grad():
+            eager = model(torch.from_numpy(probe))
+        for key in spec.heads:
+            assert np.abs(getattr(out, key) - eager[key].numpy()).max() <= 1e-5
+
+
     def test_parity_failure_is_refused(self, tmp_path: Path, fitted: tuple[Path, ModelSpec, dict],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
         """Export refuses, and writes nothing, when the scripted outputs differ from eager ones."""
