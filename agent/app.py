@@ -111,7 +111,8 @@ class Agent:
 
     def readiness(self) -> dict[str, bool]:
         return {"connected": self.link.connected.is_set(), "subscribed": self.link.subscribed.is_set(),
-                "model_loaded": self.pipeline.runtime is not None, "worker_alive": not self.crashed, "outbox_not_full": not self.outbox.full}
+                "model_loaded": self.pipeline.runtime is not None, "worker_alive": not self.crashed,
+                "outbox_not_full": not self.outbox.full}
 
     def stop(self) -> None:
         self._stop.set()

@@ -136,7 +136,8 @@ class Decoder:
             return hit  # type: ignore[return-value]
         target = self.sub.channel_map.get(source, source)
         idx = self._index.get(target)
-        res = None if idx is None else (idx, self.sub.scale.get(target, 1.0), self.sub.offset.get(target, 0.0))
+        res = (None if idx is None
+               else (idx, self.sub.scale.get(target, 1.0), self.sub.offset.get(target, 0.0)))
         if len(self._cache) < 4096:  # bounded: garbage channel names must not grow memory
             self._cache[source] = res
         return res

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import ssl
@@ -13,6 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import AgentConfig
 from agent.errors import BrokerError, ConfigError
@@ -72,7 +74,7 @@ class Link:
         url = self.cfg.broker.parsed_url
         props = None
         if self.v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.cfg.broker.session_expiry_s
         try:
             self.client.connect_async(url.host, url.port, keepalive=self.cfg.broker.keepalive_s,
@@ -94,8 +96,10 @@ class Link:
         self.log.info("mqtt_connected", session_present=bool(flags.session_present))
         client.publish(status_topic(self.cfg), b"online", qos=1, retain=True)
         if not flags.session_present or not self.subscribed.is_set():
-            client.subscribe([(f, mqtt.SubscribeOptions(qos=q) if self.v5 else q)  # type: ignore[misc]
-                              for _, f, q in self._filters])
+            if self.v5:
+                client.subscribe([(f, SubscribeOptions(qos=q)) for _, f, q in self._filters])
+            else:
+                client.subscribe([(f, int(q)) for _, f, q in self._filters])
         self.subscribed.set()
         self._on_state(True)
 
@@ -130,15 +134,15 @@ class Link:
             # A fresh, jittered base delay per outage, so a fleet of gateways does not
             # reconnect in lock-step when their broker comes back.
             b = self.cfg.broker
-            self.client.reconnect_delay_set(  # type: ignore[arg-type]
-                b.reconnect_min_s * random.uniform(0.5, 1.5), b.reconnect_max_s)
+            self.client.reconnect_delay_set(
+                b.reconnect_min_s * random.uniform(0.5, 1.5), b.reconnect_max_s)  # type: ignore[arg-type]
         self._on_state(False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         take = True
         for i, f, _ in self._filters:
             if mqtt.topic_matches_sub(f, msg.topic):
-                take = self._on_message(i, msg.topic, msg.payload)
+                take = self._on_message(i, msg.topic, bytes(msg.payload))
                 break
         if take and msg.qos > 0:
             client.ack(msg.mid, msg.qos)
@@ -157,10 +161,8 @@ class Link:
         """Publish the retained `offline` status ourselves, then disconnect cleanly."""
         if self.connected.is_set():
             info = self.client.publish(status_topic(self.cfg), b"offline", qos=1, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
 

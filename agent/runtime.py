@@ -11,7 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,9 @@ class Expected:
     sha256: str | None = None
 
 
-def _torch():  # type: ignore[no-untyped-def]
+def _torch() -> Any:
+    # Imported on first use: `import torch` costs ~1.5 s and ~220 MiB, and check-config
+    # or a future ONNX runtime should not pay it.
     import torch
 
     return torch

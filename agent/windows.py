@@ -84,7 +84,7 @@ def fill_forward(grid: FloatArray, max_gap: int) -> tuple[FloatArray, npt.NDArra
     age = np.arange(n)[:, None] - last
     usable = (last >= 0) & (age <= max_gap)
     filled = np.where(usable, grid[np.clip(last, 0, None), np.arange(c)[None, :]], np.nan)
-    return filled, usable.all(axis=1)
+    return filled.astype(np.float64), np.asarray(usable.all(axis=1), dtype=np.bool_)
 
 
 def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) -> npt.NDArray[np.int64]:
@@ -94,7 +94,7 @@ def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) 
     bad = np.concatenate([[0], np.cumsum(~ok)])
     ends = np.arange(window - 1, len(ok))
     whole = bad[ends + 1] - bad[ends + 1 - window] == 0
-    return ends[whole]
+    return np.asarray(ends[whole], dtype=np.int64)
 
 
 SEEN_PER_CELL = 4  # `mean`: redeliveries of up to this many readings per cell are caught

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"[demo] the agent exited; see {work / 'agent.log'}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as r:
-                    return r.status == 200
+                    return bool(r.status == 200)
             except OSError:
                 return False
 

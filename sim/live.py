@@ -73,10 +73,7 @@ def default_start(now: float, period_s: float, speed: float, duration_s: float |
     Event time must never run ahead of the wall clock (the agent rejects readings from the
     future), so the run starts `duration * speed` simulated seconds ago, or a day ago.
     """
-    if duration_s is not None and math.isfinite(speed):
-        backlog = duration_s * speed
-    else:
-        backlog = DEFAULT_BACKLOG_S
+    backlog = duration_s * speed if duration_s is not None and math.isfinite(speed) else DEFAULT_BACKLOG_S
     return math.floor((now - backlog) / period_s) * period_s
 
 

@@ -77,7 +77,10 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 def metric(text: str, name: str, labels: str = "") -> float | None:
-    """A sample's value from a Prometheus text scrape, e.g. metric(t, 'vigil_alerts_total', 'level="warning"')."""
+    """A sample's value from a Prometheus text scrape.
+
+    e.g. metric(t, 'vigil_alerts_total', 'level="warning"')
+    """
     want = f"{name}{{{labels}}}" if labels else name
     for line in text.splitlines():
         if line.startswith(want + " "):

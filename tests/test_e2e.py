@@ -38,7 +38,7 @@ def test_failing_asset_alerts_healthy_ones_do_not(trained: Path, broker: Broker,
                            for a in capture.json("vigil/alerts/"))
             wait_until(alerted, 60, interval=0.1, what=f"an alert for {FAILING}")
             latency = time.monotonic() - started
-            out, err = sim.communicate(timeout=60)
+            _out, err = sim.communicate(timeout=60)
             assert sim.returncode == 0, err
         finally:
             if sim.poll() is None:

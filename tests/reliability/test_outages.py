@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import time
@@ -105,7 +106,8 @@ def test_sigkill_then_restart_delivers_pending_with_same_ids(trained: Path, own_
             agent.proc.send_signal(signal.SIGKILL)
             agent.proc.wait(10)
             first_run = decided(agent.log())
-            acl.write_text(acl.read_text().replace("topic read vigil/alerts/#", "topic readwrite vigil/alerts/#"))
+            acl.write_text(acl.read_text().replace("topic read vigil/alerts/#",
+                                                   "topic readwrite vigil/alerts/#"))
             own_broker.signal(signal.SIGHUP)  # mosquitto reloads its ACL
             agent.start()
             agent.wait_ready()
@@ -121,11 +123,12 @@ def test_sigkill_then_restart_delivers_pending_with_same_ids(trained: Path, own_
     alerts = consumer.json("vigil/alerts/")
     per_transition: dict[tuple, set[str]] = {}
     for a in alerts:
-        per_transition.setdefault((a["asset"], a["ts"], a["previous_level"], a["level"]), set()).add(a["alert_id"])
+        key = (a["asset"], a["ts"], a["previous_level"], a["level"])
+        per_transition.setdefault(key, set()).add(a["alert_id"])
     assert all(len(ids) == 1 for ids in per_transition.values()), per_transition
     assert "outbox_resumed" in agent.log() and "state_restored" in agent.log()
     # Never raised twice: per asset, no two transitions in a row into the same level.
     for asset in {a["asset"] for a in alerts}:
         unique = {a["alert_id"]: a for a in alerts if a["asset"] == asset}.values()
         levels = [a["level"] for a in sorted(unique, key=lambda a: a["ts"])]
-        assert all(x != y for x, y in zip(levels, levels[1:], strict=False)), (asset, levels)
+        assert all(x != y for x, y in itertools.pairwise(levels)), (asset, levels)

@@ -78,7 +78,7 @@ def test_wrong_password_refused_without_crash_loop(trained: Path, secure_broker:
     with running_agent(cfg, port, tmp_path / "agent.log") as agent:
         wait_until(lambda: "mqtt_connect_refused" in agent.log(), 15, what="refusal logged")
         wait_until(lambda: http_get(agent.base + "/readyz")[0] == 503, 5, what="not ready")
-        code, body = http_get(agent.base + "/readyz")
+        _code, body = http_get(agent.base + "/readyz")
         assert '"connected": false' in body
         assert agent.proc is not None and agent.proc.poll() is None
         log = agent.log()

@@ -68,7 +68,7 @@ def test_full_outbox_is_loud_and_risk_keeps_flowing(trained: Path, own_broker: B
         sim = live_sim(own_broker, 30)
         try:
             wait_until(lambda: http_get(agent.base + "/readyz")[0] == 503, 60, what="not ready")
-            code, body = http_get(agent.base + "/readyz")
+            _code, body = http_get(agent.base + "/readyz")
             assert json.loads(body)["checks"]["outbox_not_full"] is False
             assert (metric(agent.scrape(), "vigil_outbox_depth") or 0) >= 1
             assert "outbox_full" in agent.log()
