@@ -95,9 +95,19 @@ class SubscriptionConfig(_Strict):
     scale: dict[str, float] = {}
     offset: dict[str, float] = {}
 
+    @property
+    def topic_filter(self) -> str:
+        """The filter without a `$share/{group}/` prefix: what topics actually look like."""
+        if self.filter.startswith("$share/"):
+            return self.filter.split("/", 2)[2] if self.filter.count("/") >= 2 else ""
+        return self.filter
+
     @model_validator(mode="after")
     def _template_fits_filter(self) -> SubscriptionConfig:
-        f_levels = self.filter.split("/")
+        if self.filter.startswith("$share/") and (self.filter.count("/") < 2
+                                                   or not self.filter.split("/")[1]):
+            raise ValueError("a shared subscription is $share/{group}/{filter}")
+        f_levels = self.topic_filter.split("/")
         t_levels = self.template.split("/")
         if "#" in f_levels[:-1] or any("#" in f and f != "#" for f in f_levels):
             raise ValueError("'#' may only stand alone as the filter's last level")
@@ -170,12 +180,32 @@ class WindowsConfig(_Strict):
 
 
 class AssetsConfig(_Strict):
-    """Which assets this agent serves: glob patterns (fnmatch); empty means every asset.
+    """Which assets this agent serves.
 
-    Several agents on one broker split a plant statically by giving each its own patterns.
+    `allow`: glob patterns (fnmatch); empty means every asset. `partition = "i/n"`: this agent
+    is member i of n and serves the assets whose stable hash (CRC-32 of the name) mod n is i,
+    so n agents with 0/n .. n-1/n on one broker serve every asset exactly once.
     """
 
     allow: list[str] = []
+    partition: str | None = None
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        i, _, n = v.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError('must be "i/n" with 0 <= i < n, e.g. "0/2"')
+        return v
+
+    @property
+    def member(self) -> tuple[int, int] | None:
+        if self.partition is None:
+            return None
+        i, _, n = self.partition.partition("/")
+        return int(i), int(n)
 
 
 class InferenceConfig(_Strict):

@@ -68,6 +68,7 @@ class Link:
         self.client.on_publish = self._published
         self.client.on_connect_fail = self._connect_failed
         self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
+        self._match = [(i, s.topic_filter) for i, s in enumerate(cfg.subscriptions)]
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with capped exponential backoff."""
@@ -140,7 +141,7 @@ class Link:
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         take = True
-        for i, f, _ in self._filters:
+        for i, f in self._match:
             if mqtt.topic_matches_sub(f, msg.topic):
                 take = self._on_message(i, msg.topic, bytes(msg.payload))
                 break

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,11 +216,13 @@ class Pipeline:
 
     def _serves(self, asset: str) -> bool:
         patterns = self.cfg.assets.allow
-        if not patterns:
+        member = self.cfg.assets.member
+        if not patterns and member is None:
             return True
         hit = self._allowed.get(asset)
         if hit is None:
-            hit = any(fnmatch.fnmatchcase(asset, p) for p in patterns)
+            hit = (not patterns or any(fnmatch.fnmatchcase(asset, p) for p in patterns)) and (
+                member is None or zlib.crc32(asset.encode()) % member[1] == member[0])
             if len(self._allowed) >= 4 * self.cfg.windows.max_assets:  # never grows without end
                 self._allowed.clear()
             self._allowed[asset] = hit

@@ -171,3 +171,24 @@ class TestConfigErrors:
     def test_no_subscriptions(self, tmp_path: Path) -> None:
         """A config without any subscription is rejected, naming `subscriptions`."""
         assert ": subscriptions:" in error_of(tmp_path, '[model]\npath = "m.pt"\n')
+
+
+class TestScaleOutConfig:
+    def test_partition_parsed_and_checked(self) -> None:
+        """`partition = "i/n"` needs 0 <= i < n; anything else names the key."""
+        from agent.config import AssetsConfig
+
+        assert AssetsConfig(partition="1/3").member == (1, 3)
+        assert AssetsConfig().member is None
+        for bad in ("3/3", "a/2", "1", "-1/2"):
+            with pytest.raises(ValueError, match="i/n"):
+                AssetsConfig(partition=bad)
+
+    def test_shared_subscription_filter_matches_without_prefix(self) -> None:
+        """A `$share/{group}/` filter is checked against the template without its prefix."""
+        from agent.config import SubscriptionConfig
+
+        s = SubscriptionConfig(filter="$share/vigil/plant/+/+", template="plant/{asset}/{channel}")
+        assert s.topic_filter == "plant/+/+"
+        with pytest.raises(ValueError, match="share"):
+            SubscriptionConfig(filter="$share//plant/+/+", template="plant/{asset}/{channel}")
