@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint mosquitto clean
+.PHONY: demo test lint mosquitto deploy-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,24 @@ mosquitto:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
 
+# What tests/deploy runs: prometheus + promtool, amtool, openssl, systemd-analyze (Debian packages).
+deploy-tools:
+	@missing=""; \
+	for t in prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager \
+	         openssl:openssl systemd-analyze:systemd; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; \
+	done; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing% }" ]; then \
+	  echo "installing $$missing(apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 demo: $(STAMP) mosquitto
 	$(BIN)/python -m sim.demo
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto deploy-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -1,0 +1,101 @@
+"""deploy/grafana: provisioning files and the dashboard's structure (its queries run in test_prometheus)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from tests.deploy.tools import DEPLOY
+
+GRAFANA = DEPLOY / "grafana"
+BUILTIN_VARS = {"__rate_interval", "__interval", "__range", "__range_s", "__name"}
+
+
+def dashboard() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((GRAFANA / "dashboards" / "vigil.json").read_text())
+    return doc
+
+
+def panels() -> list[dict[str, Any]]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+class TestDashboard:
+    def test_has_the_panels_operators_need(self) -> None:
+        """The dashboard has a panel for each view the deployment issue lists."""
+        titles = " | ".join(p["title"].lower() for p in panels())
+        for view in ("fleet risk", "risk timeline", "ingest rate", "rejected readings by reason",
+                     "inference latency", "batch size", "outbox depth", "alerts by level",
+                     "model version", "broker connection"):
+            assert view in titles, view
+
+    def test_latency_panels_show_quantiles(self) -> None:
+        """The inference latency panel plots p50, p90 and p99 from the histogram's buckets."""
+        (panel,) = [p for p in panels() if p["title"].lower().startswith("inference latency")]
+        exprs = [t["expr"] for t in panel["targets"]]
+        quantiles = [re.findall(r"histogram_quantile\((0\.\d+)", e) for e in exprs]
+        assert quantiles == [["0.5"], ["0.9"], ["0.99"]]
+        assert all("vigil_inference_duration_seconds_bucket" in e for e in exprs)
+
+    def test_asset_variable_drives_the_timeline(self) -> None:
+        """An `asset` variable lists the assets from vigil_asset_risk and the risk timeline filters on it."""
+        variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+        assert "vigil_asset_risk" in variables["asset"]["query"]["query"]
+        assert variables["asset"]["multi"] and variables["asset"]["includeAll"]
+        (timeline,) = [p for p in panels() if "timeline" in p["title"].lower()]
+        assert 'asset=~"$asset"' in timeline["targets"][0]["expr"]
+
+    def test_variables_are_defined(self) -> None:
+        """Every $variable used in a query or title is a dashboard variable or a Grafana built-in."""
+        defined = {v["name"] for v in dashboard()["templating"]["list"]} | BUILTIN_VARS
+        text = json.dumps(dashboard()["panels"])
+        used = set(re.findall(r"\$\{?(\w+)", text))
+        assert used - defined == set()
+
+    def test_every_query_uses_the_datasource_variable(self) -> None:
+        """Panels and targets use the ${datasource} variable, so any provisioned Prometheus works."""
+        for p in panels():
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+            assert p["targets"], p["title"]
+            for t in p["targets"]:
+                assert t["datasource"] == p["datasource"] and t["expr"].strip(), p["title"]
+
+    def test_layout(self) -> None:
+        """Panel ids are unique and no two panels overlap on the 24-column grid."""
+        all_panels = dashboard()["panels"]
+        ids = [p["id"] for p in all_panels]
+        assert len(ids) == len(set(ids))
+        cells: dict[tuple[int, int], str] = {}
+        for p in all_panels:
+            g = p["gridPos"]
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = p["title"]
+
+    def test_identity(self) -> None:
+        """The dashboard has a fixed uid and title, so provisioning updates it in place."""
+        d = dashboard()
+        assert d["uid"] == "vigil-agents" and d["title"].startswith("Vigil")
+        assert d["schemaVersion"] >= 36
+
+
+class TestProvisioning:
+    def test_datasource(self) -> None:
+        """The datasource provisioning file declares one Prometheus datasource with a fixed uid."""
+        doc = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "vigil.yaml").read_text())
+        assert doc["apiVersion"] == 1
+        (ds,) = doc["datasources"]
+        assert ds["type"] == "prometheus" and ds["uid"] and ds["url"].startswith("http")
+
+    def test_dashboard_provider(self) -> None:
+        """The dashboard provider loads files from a folder, into a Vigil folder in Grafana."""
+        doc = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "vigil.yaml").read_text())
+        assert doc["apiVersion"] == 1
+        (provider,) = doc["providers"]
+        assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+        assert provider["folder"] == "Vigil"
