@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from agent import systemd
 from agent.alerts import AlertSender, Outbox, encode
 from agent.config import AgentConfig
 from agent.errors import ModelError
@@ -25,6 +26,7 @@ from agent.pipeline import BatchResult, Pipeline
 from agent.runtime import Expected, Runtime, load_model
 from agent.state import Checkpoint
 
+LEVELS = {"ok": 0, "warning": 1, "critical": 2}
 Message = tuple[int, str, bytes, float, float]  # subscription, topic, payload, wall, monotonic
 
 
@@ -80,6 +82,8 @@ class Agent:
         self.http = HealthServer(host, port, self.registry, self.readiness)
         self.watcher = ModelWatcher(cfg.model.path, cfg.model.watch_interval_s)
         self._stop = threading.Event()
+        self._heartbeat = systemd.Heartbeat.from_env()
+        self._ready_sent = False
         self.crashed = False
         self._new_model: Runtime | None = None
         self._swap_lock = threading.Lock()
@@ -106,6 +110,7 @@ class Agent:
 
     def _state(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
+        systemd.notify_status("connected" if connected else "broker disconnected, reconnecting")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class Agent:
         worker.start()
         watcher.start()
         self._stop.wait()
+        systemd.notify_stopping()
         self.log.info("agent_stopping")
         self._accepting.clear()
         worker.join(timeout=3.0)
@@ -195,6 +201,10 @@ class Agent:
         while not self._stop.is_set():
             self._ingest_some()
             now = time.monotonic()
+            # Only this loop pings the watchdog: a hung worker gets the process restarted.
+            self._heartbeat.beat(now)
+            if not self._ready_sent and all(self.readiness().values()):
+                self._ready_sent = systemd.notify_ready(f"serving model {self.pipeline.spec.version}")
             if self.pipeline.n_ready:
                 first_due = first_due if first_due is not None else now
                 if (self.pipeline.n_ready >= cfg.max_batch
@@ -271,6 +281,7 @@ class Agent:
             self.link.publish(f"{prefix}/risk/{r.asset}", encode(r.doc),
                               qos=self.cfg.outputs.risk_qos, retain=self.cfg.outputs.risk_retain)
             self.metrics.asset_risk.labels(r.asset).set(r.doc["risk"])
+            self.metrics.asset_level.labels(r.asset).set(LEVELS[r.doc["level"]])
             if not r.doc["stale"]:
                 self.metrics.reading_to_risk.observe(max(now - r.arrival, 0.0))
 

@@ -43,6 +43,7 @@ class Reason(StrEnum):
 
 # Beyond this a value is not a measurement; it would also overflow float32 once normalised.
 MAX_ABS_VALUE = 1e15
+_DEEP = re.compile(rb"[\[{](?:\s*[\[{]){100}")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
@@ -152,6 +153,9 @@ class Decoder:
         asset = parts["asset"]
         if not valid_name(asset):
             rejects.append(Reason.NAME)
+            return []
+        if _DEEP.search(payload):
+            rejects.append(Reason.MALFORMED)  # "[[[[..." would drive json.loads to its recursion limit
             return []
         try:
             doc = json.loads(payload)

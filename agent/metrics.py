@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.ingest import Reason
@@ -51,6 +53,8 @@ class Metrics:
         self.outbox_errors = Counter(
             "vigil_outbox_errors", "Outbox writes that failed (disk full or unwritable).", registry=r)
         self.asset_risk = Gauge("vigil_asset_risk", "Latest risk per asset.", ["asset"], registry=r)
+        self.asset_level = Gauge("vigil_asset_level", "Current level per asset: 0 ok, 1 warning, 2 critical.",
+                                 ["asset"], registry=r)
         self.assets = Gauge("vigil_assets", "Assets with state held.", registry=r)
         self.assets_stale = Gauge("vigil_assets_stale", "Assets whose window is not whole.", registry=r)
         self.mqtt_connected = Gauge("vigil_mqtt_connected", "1 while connected to the broker.",
@@ -64,11 +68,18 @@ class Metrics:
             registry=r)
         self.model_info = Gauge("vigil_model_info", "The model serving now (value 1).", ["version"],
                                 registry=r)
+        self.model_created = Gauge(
+            "vigil_model_created_timestamp_seconds", "When the serving model was trained (unix time).",
+            registry=r)
         self.model_reloads = Counter("vigil_model_reloads", "Model file reloads by result.",
                                      ["result"], registry=r)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
 
-    def set_model(self, version: str) -> None:
+    def set_model(self, version: str, created_at: str = "") -> None:
         self.model_info.clear()
         self.model_info.labels(version).set(1)
+        try:
+            self.model_created.set(datetime.fromisoformat(created_at).timestamp())
+        except ValueError:
+            pass  # an older file without a creation time: the gauge stays where it was

@@ -106,7 +106,7 @@ class Pipeline:
         self.spec = runtime.spec
         self.thresholds = self._thresholds(self.spec)
         self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
-        self.metrics.set_model(self.spec.version)
+        self.metrics.set_model(self.spec.version, self.spec.created_at)
 
     def swap_model(self, runtime: Runtime) -> bool:
         """Serve a new, already checked model from the next batch on.

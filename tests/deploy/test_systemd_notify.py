@@ -120,8 +120,6 @@ class TestHeartbeat:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="agent/app.py does not call agent.systemd yet; "
-                   "remove this marker in the commit that wires it (see docs/operate.md)")
 def test_agent_notifies_ready_and_watchdog(trained: Path, broker: Broker, tmp_path: Path,
                                            listener: NotifySocket, notify_path: str) -> None:
     """`vigil-agent run` under a notify socket sends READY=1 once ready, WATCHDOG=1 heartbeats,
