@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.config import SubscriptionConfig
 from agent.ingest import Reading, Reason
 from agent.names import valid_name
 from agent.sparkplug.codec import (
@@ -136,7 +135,10 @@ class _Node:
 
 
 class Host:
-    """Sparkplug B host application logic for every edge node behind one subscription."""
+    """Sparkplug B host application logic for every edge node behind one subscription.
+
+    `channels` may be replaced (a new model) without losing any edge node's session.
+    """
 
     def __init__(self, channels: ChannelMap, options: HostOptions | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -150,12 +152,6 @@ class Host:
         self.rebirths_sent = 0
         self.rebirths_suppressed = 0
         self.deaths_ignored = 0
-
-    @classmethod
-    def for_subscription(cls, sub: SubscriptionConfig, channels: tuple[str, ...],
-                         options: HostOptions | None = None, **clocks: Callable[[], float]) -> Host:
-        """A host mapping metric names as the subscription says (channel_map, scale, offset)."""
-        return cls(ChannelMap(channels, sub.channel_map, sub.scale, sub.offset), options, **clocks)
 
     # -- input ---------------------------------------------------------------------------------
 
