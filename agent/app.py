@@ -23,7 +23,7 @@ from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.mqtt import Link
 from agent.pipeline import BatchResult, Pipeline
-from agent.runtime import Expected, Runtime, load_model
+from agent.runtime import Expected, Runtime, load_runtime
 from agent.state import Checkpoint
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
@@ -64,8 +64,7 @@ class Agent:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self._rejects_log = RateLimited(self.log)
-        runtime = load_model(cfg.model.path, Expected(sha256=cfg.model.sha256),
-                             threads=cfg.model.threads)
+        runtime = load_runtime(cfg.model)
         self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
                       channels=list(runtime.spec.channels), period_s=runtime.spec.period_s)
         self.pipeline = Pipeline(cfg, runtime, self.metrics, log=self.log)
@@ -301,10 +300,8 @@ class Agent:
     def _check_new_model(self) -> None:
         current = self.pipeline.spec
         try:
-            rt = load_model(self.cfg.model.path,
-                            Expected(channels=current.channels, period_s=current.period_s,
-                                     sha256=self.cfg.model.sha256),
-                            threads=self.cfg.model.threads)
+            rt = load_runtime(self.cfg.model, Expected(channels=current.channels,
+                                                       period_s=current.period_s))
         except ModelError as exc:
             self.metrics.model_reloads.labels("failure").inc()
             self.log.error("model_rejected", reason=str(exc), serving=current.version)

@@ -39,11 +39,11 @@ def example_topic(template: str) -> str:
 def check_config(path: Path) -> dict[str, Any]:
     """Validate config and model; return the summary that check-config prints."""
     from agent.config import load_config
-    from agent.runtime import Expected, load_model
+    from agent.runtime import load_runtime
     from agent.spec import spec_summary
 
     cfg = load_config(path)
-    rt = load_model(cfg.model.path, Expected(sha256=cfg.model.sha256), threads=1)
+    rt = load_runtime(cfg.model)
     resolved = json.loads(cfg.model_dump_json())
     for key in ("password",):
         if resolved["broker"].get(key):

@@ -73,7 +73,9 @@ class BrokerConfig(_Strict):
 
 class ModelConfig(_Strict):
     path: Path
-    runtime: Literal["torchscript"] = "torchscript"
+    # "onnx": ONNX Runtime on a .onnx export of the same model (extra `onnx`); torch is never
+    # imported, so the agent starts faster and needs ~150 MiB less memory.
+    runtime: Literal["torchscript", "onnx"] = "torchscript"
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     sha256: str | None = None
     watch_interval_s: Annotated[float, Field(ge=0)] = 2.0

@@ -1,7 +1,9 @@
-"""Model runtime: load a TorchScript model file, check it against the contract, run batches.
+"""Model runtime: load a model file, check it against the contract, run batches.
 
-This is the only agent module that imports torch, so the TorchScript dependency (and its
-deprecation in torch 2.13) stays behind one interface.
+TorchScript lives here; ONNX Runtime in `agent.runtime_onnx`. Both implement `Runtime` and
+share the checks below, and `load_runtime` picks one from `[model] runtime`. This is the only
+agent module that imports torch (lazily), so the TorchScript dependency (and its deprecation
+in torch 2.13) stays behind one interface, and an ONNX agent never imports it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.config import ModelConfig
 from agent.errors import ModelError
 from agent.spec import METADATA_FILE, ModelSpec
 
@@ -76,9 +79,55 @@ class TorchScriptRuntime:
         return Outputs(**{k: got.get(k) for k in ("forecast_mean", "forecast_logvar", "fail_prob", "rul")})
 
 
+def load_runtime(model: ModelConfig, expected: Expected | None = None, *, probe: bool = True) -> Runtime:
+    """The runtime `[model] runtime` names, loaded from `[model] path` and checked.
+
+    The one entry point for start-up, hot-swap and check-config. `expected` adds what a
+    swap must keep (channels, period); the pinned `[model] sha256` always applies.
+    """
+    exp = Expected(sha256=model.sha256) if expected is None else expected
+    if exp.sha256 is None and model.sha256:
+        exp = Expected(exp.channels, exp.period_s, model.sha256)
+    if model.runtime == "onnx":
+        from agent.runtime_onnx import load_onnx
+
+        return load_onnx(model.path, exp, threads=model.threads, probe=probe)
+    return load_model(model.path, exp, threads=model.threads, probe=probe)
+
+
 def read_spec(path: Path) -> ModelSpec:
-    """Read only the metadata of a model file (for inspect and check-config)."""
+    """Read only the metadata of a model file (for inspect and check-config); `.onnx` or TorchScript."""
+    if Path(path).suffix == ".onnx":
+        from agent.runtime_onnx import load_onnx
+
+        return load_onnx(path, probe=False).spec
     return load_model(path, probe=False).spec
+
+
+def read_bytes(path: Path, expected: Expected) -> tuple[bytes, str]:
+    """The file's bytes and sha256, checked against a pinned hash."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from exc
+    sha = hashlib.sha256(data).hexdigest()
+    if expected.sha256 and expected.sha256.lower() != sha:
+        raise ModelError(f"model file {path}: sha256 {sha} does not match the pinned {expected.sha256}")
+    return data, sha
+
+
+def check_spec(path: Path, metadata: str | None, expected: Expected) -> ModelSpec:
+    """Parse the metadata found in a model file and hold it against what the config expects."""
+    if not metadata:
+        raise ModelError(f"model file {path}: no Vigil metadata ({METADATA_FILE}) inside")
+    spec = ModelSpec.from_json(metadata)
+    if expected.channels is not None and tuple(expected.channels) != spec.channels:
+        raise ModelError(f"model file {path}: channels {list(spec.channels)} do not match config "
+                         f"{list(expected.channels)}")
+    if expected.period_s is not None and abs(expected.period_s - spec.period_s) > 1e-9:
+        raise ModelError(
+            f"model file {path}: sample period {spec.period_s}s does not match config {expected.period_s}s")
+    return spec
 
 
 def load_model(path: Path, expected: Expected | None = None, *, threads: int = 1,
@@ -86,14 +135,8 @@ def load_model(path: Path, expected: Expected | None = None, *, threads: int = 1
     """Load, check and probe a model file; raise ModelError with a clear reason if unfit."""
     torch = _torch()
     torch.set_num_threads(threads)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelError(f"model file {path}: {exc.strerror or exc}") from exc
-    sha = hashlib.sha256(data).hexdigest()
     exp = expected or Expected()
-    if exp.sha256 and exp.sha256.lower() != sha:
-        raise ModelError(f"model file {path}: sha256 {sha} does not match the pinned {exp.sha256}")
+    data, sha = read_bytes(path, exp)
     extra = {METADATA_FILE: ""}
     try:
         with warnings.catch_warnings():
@@ -102,23 +145,15 @@ def load_model(path: Path, expected: Expected | None = None, *, threads: int = 1
             module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError and friends for any bad file
         raise ModelError(f"model file {path}: not a TorchScript file ({type(exc).__name__})") from exc
-    if not extra[METADATA_FILE]:
-        raise ModelError(f"model file {path}: no Vigil metadata ({METADATA_FILE}) inside")
-    spec = ModelSpec.from_json(extra[METADATA_FILE])
-    if exp.channels is not None and tuple(exp.channels) != spec.channels:
-        raise ModelError(
-            f"model file {path}: channels {list(spec.channels)} do not match config {list(exp.channels)}")
-    if exp.period_s is not None and abs(exp.period_s - spec.period_s) > 1e-9:
-        raise ModelError(
-            f"model file {path}: sample period {spec.period_s}s does not match config {exp.period_s}s")
+    spec = check_spec(path, extra[METADATA_FILE], exp)
     module.eval()
     rt = TorchScriptRuntime(module, spec, sha)
     if probe:
-        _probe(rt, path)
+        probe_runtime(rt, path)
     return rt
 
 
-def _probe(rt: TorchScriptRuntime, path: Path) -> None:
+def probe_runtime(rt: Runtime, path: Path) -> None:
     """A forward pass on a small batch must give finite outputs of the declared shapes."""
     s = rt.spec
     x = np.zeros((2, s.window, s.n_channels), dtype=np.float32)

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
+    f.add_argument("--onnx", action="store_true",
+                   help='also write the model as ONNX beside --out (same name, .onnx), checked against '
+                   'the eager model, for [model] runtime = "onnx" (needs the onnx extra)')
 
     e = sub.add_parser("evaluate", help="score a model on a history: RUL, alert and forecast metrics")
     e.add_argument("model", type=Path)
@@ -120,11 +123,26 @@ def _fit(args: argparse.Namespace) -> int:
     opts = fit_options(args)
     if opts.resume and opts.checkpoint is None:
         raise ValueError("--resume needs --checkpoint")
+    if args.onnx:
+        _require_onnx()  # before training, not after
     spec, summary = fit(opts)
-    print(json.dumps({"model": str(args.out), "version": spec.version, "heads": list(spec.heads),
+    extra: dict[str, Any] = {}
+    if args.onnx:
+        from training.export import export_onnx_beside
+
+        extra["onnx"] = str(export_onnx_beside(args.out)[0])
+    print(json.dumps({"model": str(args.out), **extra, "version": spec.version, "heads": list(spec.heads),
                       "validation": summary["validation"], "thresholds": summary["thresholds"],
                       **({"test": summary["test"]} if "test" in summary else {})}))
     return 0
+
+
+def _require_onnx() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"--onnx needs {', '.join(missing)}: pip install 'vigil[onnx]'")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

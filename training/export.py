@@ -11,7 +11,7 @@ import torch
 
 from agent.errors import ModelError
 from agent.spec import METADATA_FILE, ModelSpec
-from training.model import Forecaster
+from training.model import Forecaster, ModelConfig
 
 PARITY_TOLERANCE = 1e-5
 
@@ -49,3 +49,117 @@ def export(model: Forecaster, spec: ModelSpec, probe: np.ndarray, path: Path) ->
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)  # atomic, so an agent watching the path never sees half a file
     return spec
+
+
+ONNX_OPSET = 18
+
+
+def export_onnx(model: Forecaster, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
+    """Export the same model to ONNX (dynamic batch axis), checked against eager, metadata inside.
+
+    The metadata is the same JSON as in the TorchScript file, stored in the ONNX model's
+    `metadata_props` under `vigil.json`, with the same content-hash version: one model, two
+    formats. Outputs are compared with the eager model on `probe` and on its first window alone
+    (batch 1, so the dynamic batch axis is exercised) through ONNX Runtime; a difference above
+    1e-5 raises ModelError. Needs the `onnx` extra (onnx, onnxscript, onnxruntime).
+    """
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelError("export: ONNX needs the optional dependencies: pip install 'vigil[onnx]'") from exc
+    import logging
+
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(probe, dtype=np.float32))
+    with torch.no_grad():
+        names = list(model(x).keys())
+    # torch.export (the exporter behind torch.onnx.export since torch 2.9) warns freely
+    # about its own internals; none of it concerns this model.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (x,), None, dynamo=True, opset_version=ONNX_OPSET, input_names=["x"],
+                output_names=names, verbose=False,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65_536)}})
+    except Exception as exc:  # the exporter raises many kinds; all mean "not exportable"
+        raise ModelError(f"export: ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+    assert program is not None
+    proto = program.model_proto
+    spec = spec.with_version(weights_bytes(model))
+    onnx.helper.set_model_props(proto, {METADATA_FILE: spec.to_json()})
+    data = proto.SerializeToString()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    for batch in (x, x[:1]):
+        with torch.no_grad():
+            eager = model(batch)
+        got = dict(zip(names, session.run(names, {"x": batch.numpy()}), strict=True))
+        for key, val in eager.items():
+            diff = float(np.abs(val.numpy() - got[key]).max())
+            if not diff <= PARITY_TOLERANCE:
+                raise ModelError(f"export: ONNX output {key!r} differs from eager by {diff:.2e}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return spec
+
+
+def rebuild(path: Path) -> tuple[Forecaster, ModelSpec]:
+    """The eager model and spec of a TorchScript model file: its weights in a fresh Forecaster.
+
+    The constructor arguments are read back from the weights' shapes and the scripted
+    attributes; the rebuilt model is checked to give the scripted model's outputs.
+    """
+    from agent.runtime import load_model
+
+    rt = load_model(path, probe=False)
+    scripted = rt._module
+    sd = {k: v for k, v in scripted.state_dict().items()}  # type: ignore[attr-defined]
+    hidden = int(sd["lstm.weight_hh_l0"].shape[1])
+    gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
+    cfg = ModelConfig(
+        n_channels=rt.spec.n_channels, horizon=int(scripted.horizon), hidden=hidden,  # type: ignore[attr-defined]
+        layers=sum(1 for k in sd if k.startswith("lstm.weight_ih_l") and not k.endswith("_reverse")),
+        fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),  # type: ignore[attr-defined]
+        rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),  # type: ignore[attr-defined]
+        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,  # type: ignore[attr-defined]
+        cell={4: "lstm", 3: "gru"}[gates])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        model = Forecaster(cfg)
+    model.load_state_dict(sd)
+    model.eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, rt.spec.window, rt.spec.n_channels))
+                         .astype(np.float32))
+    with torch.no_grad():
+        eager, script = model(x), scripted(x)  # type: ignore[operator]
+    for key, val in eager.items():
+        diff = float((val - script[key]).abs().max())
+        if not diff <= PARITY_TOLERANCE:
+            raise ModelError(f"{path}: rebuilt model differs from the scripted one on {key!r} by {diff:.2e}")
+    return model, rt.spec
+
+
+def export_onnx_beside(path: Path, probe_size: int = 64) -> tuple[Path, ModelSpec]:
+    """Write `path` (a TorchScript model file) again as ONNX, same name with `.onnx`, same version.
+
+    The parity probe is a batch of normalised windows drawn from N(0, 1) with a fixed seed:
+    the model's input space, since normalisation happens before the model.
+    """
+    model, spec = rebuild(path)
+    probe = np.random.default_rng(1).normal(size=(probe_size, spec.window, spec.n_channels))
+    out = Path(path).with_suffix(".onnx")
+    onnx_spec = export_onnx(model, spec, probe.astype(np.float32), out)
+    if onnx_spec.version != spec.version:  # same weights, same metadata: must be the same version
+        raise ModelError(f"export: ONNX version {onnx_spec.version} differs from {spec.version}")
+    return out, onnx_spec
