@@ -10,10 +10,11 @@ and runs the very same `fill_forward` on it, so serving windows equal training w
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +98,14 @@ def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) 
     return np.asarray(ends[whole], dtype=np.int64)
 
 
+_NEG_INF = -math.inf
+
+
+@functools.cache
+def _tail_slots(capacity: int, window: int) -> tuple[npt.NDArray[np.int64], ...]:
+    """Per ring slot, the slots of the `window` cells that end there (shared by every asset)."""
+    return tuple(np.arange(end - window + 1, end + 1) % capacity for end in range(capacity))
+
 SEEN_PER_CELL = 4  # `mean`: redeliveries of up to this many readings per cell are caught
 
 
@@ -159,6 +168,16 @@ class AssetWindow:
         self.first = -1  # the first cell ever held: no window before first + window - 1
         self.last_closed = -1
         self.ready: list[Closed] = []
+        self._views()
+        self._tails = _tail_slots(self.capacity, window)
+
+    def _views(self) -> None:
+        # One element through a memoryview costs a third of numpy's scalar indexing, and it
+        # reads back a Python float or int: `update` runs once per reading.
+        # (numpy arrays are buffers; their stubs do not say so)
+        self._v: Any = memoryview(self._values)  # type: ignore[arg-type]
+        self._t: Any = memoryview(self._ts)  # type: ignore[arg-type]
+        self._c: Any = memoryview(self._cell)  # type: ignore[arg-type]
 
     def update(self, cell: int, channel: int, ts: float, value: float) -> Update:
         """Write one reading (already validated) into its cell; closed windows go to `ready`."""
@@ -171,9 +190,9 @@ class AssetWindow:
         elif cell < self.first:
             self.first = cell  # a late reading from before the first cell seen
         slot = cell % self.capacity
-        if self._cell[slot] != cell:  # a late reading for a cell that never had one
+        if self._c[slot] != cell:  # a late reading for a cell that never had one
             self._clear(slot, cell)
-        held = self._ts[slot, channel]
+        held = self._t[slot, channel]
         if ts == held:
             return Update.DUPLICATE
         if self._seen is not None:
@@ -187,14 +206,62 @@ class AssetWindow:
             self._count[slot, channel] = n + 1
             self._ts[slot, channel] = max(ts, held)
         elif ts > held:
-            self._values[slot, channel] = value
-            self._ts[slot, channel] = ts
-        if held == -np.inf:
+            self._v[slot, channel] = value
+            self._t[slot, channel] = ts
+        if held == _NEG_INF:
             self._filled[slot] += 1
             if (cell == self.newest and cell > self.last_closed
                     and self._filled[slot] == self.n_channels):
                 self._close(cell)
         return Update.ACCEPTED
+
+    def update_cell(self, cell: int, ts: float, channels: list[int], values: list[float],
+                    rejected: list[Update]) -> int:
+        """`update` for readings of one cell and event time, in their order, with the same outcome.
+
+        Returns how many were accepted; the outcome of each rejected one goes to `rejected`.
+        The cell's bookkeeping is done once rather than per reading.
+        """
+        if not channels:
+            return 0
+        if self._seen is not None or len(channels) == 1:  # `mean`, or one reading: no gain here
+            accepted = 0
+            for channel, value in zip(channels, values, strict=True):
+                res = self.update(cell, channel, ts, value)
+                if res is Update.ACCEPTED:
+                    accepted += 1
+                else:
+                    rejected.append(res)
+            return accepted
+        if cell > self.newest:
+            if self.newest > self.last_closed:
+                self._close(self.newest)
+            self._advance(cell)
+        elif cell < self.newest - self.lateness:
+            rejected.extend([Update.TOO_LATE] * len(channels))
+            return 0
+        elif cell < self.first:
+            self.first = cell
+        slot = cell % self.capacity
+        if self._c[slot] != cell:
+            self._clear(slot, cell)
+        t, v, filled = self._t, self._v, self._filled
+        accepted = 0
+        for channel, value in zip(channels, values, strict=True):
+            held = t[slot, channel]
+            if ts == held:
+                rejected.append(Update.DUPLICATE)
+                continue
+            if ts > held:
+                v[slot, channel] = value
+                t[slot, channel] = ts
+            accepted += 1
+            if held == _NEG_INF:
+                filled[slot] += 1
+                # Closed at the very reading that completes it, as `update` does.
+                if cell == self.newest and cell > self.last_closed and filled[slot] == self.n_channels:
+                    self._close(cell)
+        return accepted
 
     def _close(self, end: int) -> None:
         if end - self.first + 1 < self.window:
@@ -238,6 +305,11 @@ class AssetWindow:
 
     def extract(self, end: int) -> FloatArray | None:
         """The filled window ending at cell `end`, or None if some cell in it is not whole."""
+        slots = self._tails[end % self.capacity]
+        if (self._cell[slots] == np.arange(end - self.window + 1, end + 1)).all():
+            tail = self._values[slots]
+            if not np.isnan(tail).any():  # the common case: every cell held, nothing to fill
+                return tail
         raw = self.cells(end, self.window + self.max_gap)
         tail = raw[-self.window :]
         if not np.isnan(tail).any():  # the common case: nothing to fill
@@ -251,10 +323,10 @@ class AssetWindow:
         """Event time of the newest reading held in cells up to `end` (NaN if none)."""
         for cell in range(end, max(end - self.capacity, -1), -1):
             slot = cell % self.capacity
-            if self._cell[slot] == cell:
-                ts = self._ts[slot][np.isfinite(self._ts[slot])]
-                if ts.size:
-                    return float(ts.max())
+            if self._c[slot] == cell:
+                newest = float(self._ts[slot].max())  # an empty channel holds -inf
+                if newest > _NEG_INF:
+                    return newest
         return float("nan")
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -270,6 +342,7 @@ class AssetWindow:
             raise ValueError("window shape differs from the checkpoint's")
         self._values, self._ts = arrays["values"], arrays["ts"]
         self._count, self._cell = arrays["count"], arrays["cell"]
+        self._views()
         self._filled = arrays["filled"].tolist()
         if self._seen is not None and "seen" in arrays:
             self._seen = arrays["seen"]
