@@ -6,6 +6,7 @@ the surprise EWMA over consecutive windows, the combination, and the level machi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,30 +207,51 @@ def calibrate_thresholds(ws: WindowSet, risk: FloatArray, period_s: float, fail_
                          ) -> Thresholds:
     """The lowest thresholds whose false alarms on validation stay within the budget.
 
-    Critical gets a fifth of the warning budget. Candidates are quantiles of the risk seen
-    on healthy windows, so thresholds adapt to how the combined risk is spread.
+    Critical gets a fifth of the warning budget. Candidates are quantiles of the risk on
+    healthy windows (dense near the top), just above the healthiest maximum, and quantiles
+    of the risk before failures, so a budget can put a threshold between the two.
+    The lowest candidate within budget is found by bisection (false alarms fall as the
+    threshold rises); whatever is returned was replayed and meets the budget.
     """
     healthy = risk[ws.fail == 0]
+    failing = risk[ws.fail == 1]
     # Dense near the top, where a budget of about one alarm a month puts the threshold.
     tail = 1.0 - np.logspace(-5.0, -0.3, 48)
-    cands = sorted({float(min(max(q, 0.05), 0.999)) for q in np.quantile(healthy, tail)} | {0.999})
+    qs = set(np.quantile(healthy, tail).tolist()) if len(healthy) else set()
+    if len(healthy):
+        qs.add(float(np.nextafter(healthy.max(), 1.0)))
+    if len(failing):
+        qs |= set(np.quantile(failing, np.linspace(0.0, 1.0, 21)).tolist())
+    cands = sorted({float(min(max(q, 0.05), 0.999)) for q in qs} | {0.999})
 
     def thresholds(w: float, c: float) -> Thresholds:
         return Thresholds(w, max(c, w), hysteresis=hysteresis_frac * w, dwell=dwell, cooldown=cooldown)
 
-    warn = cands[-1]
-    for w in cands:
+    def warn_ok(w: float) -> bool:
         st = replay_levels(ws, risk, thresholds(w, 1.0), period_s, fail_horizon, failure_cells)
-        if st.false_per_asset_day <= budget_per_asset_day:
-            warn = w
-            break
-    crit = max(warn, cands[-1])
-    for c in (v for v in cands if v >= warn):
+        return st.false_per_asset_day <= budget_per_asset_day
+
+    def crit_ok(c: float) -> bool:
         st = replay_levels(ws, risk, thresholds(warn, c), period_s, fail_horizon, failure_cells)
-        if st.asset_days and st.false_criticals / st.asset_days <= budget_per_asset_day / 5:
-            crit = c
-            break
+        return bool(st.asset_days) and st.false_criticals / st.asset_days <= budget_per_asset_day / 5
+
+    warn = _lowest(cands, warn_ok)
+    crit = _lowest([v for v in cands if v >= warn], crit_ok)
     return thresholds(warn, crit)
+
+
+def _lowest(cands: list[float], ok: Callable[[float], bool]) -> float:
+    """The lowest candidate that is ok, by bisection; the highest if none is."""
+    lo, hi = 0, len(cands) - 1
+    if not ok(cands[hi]):
+        return cands[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(cands[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return cands[hi]
 
 
 def pr_auc(scores: FloatArray, labels: npt.NDArray[np.float32]) -> float:

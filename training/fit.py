@@ -88,7 +88,7 @@ def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
 
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
-        window=30, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
+        window=50, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
         hidden=64, layers=1, dropout=0.0, head_hidden=0, epochs=30, windows_per_epoch=100_000,
         batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
         huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0)
