@@ -23,6 +23,7 @@ from agent.metrics import Metrics
 from agent.mqtt import Link
 from agent.pipeline import BatchResult, Pipeline
 from agent.runtime import Expected, Runtime, load_runtime
+from agent.sparkplug.primary import PrimaryHost
 from agent.state import Checkpoint
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
@@ -123,6 +124,14 @@ class Agent:
                          log=self.log)
         self.sender = AlertSender(self.outbox, self.link, self.metrics, self.log,
                                   resend_per_s=cfg.state.outbox_resend_per_s)
+        # Sparkplug Primary Host STATE rides its own connection: MQTT has one will per
+        # connection, and this one's says the agent is offline.
+        b = cfg.broker
+        host_ids = sorted({s.sparkplug.host_id for s in cfg.subscriptions
+                           if s.codec == "sparkplug" and s.sparkplug.host_id})
+        self.primaries = [PrimaryHost(b.parsed_url, h, username=b.username, password=b.resolved_password(),
+                                      tls=self.link.tls, log=self.log) for h in host_ids]
+        self._primaries_started = False
         self._accepting = threading.Event()
         host, port = cfg.http.host_port
         self.http = HealthServer(host, port, self.registry, self.readiness)
@@ -155,6 +164,12 @@ class Agent:
     def _state(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
         systemd.notify_status("connected" if connected else "broker disconnected, reconnecting")
+        if connected and not self._primaries_started:
+            # After the first subscription to the Sparkplug namespace, as §5 orders; the STATE
+            # connection then keeps itself (paho reconnects it, each time with a new birth).
+            self._primaries_started = True
+            for p in self.primaries:
+                p.start()  # connect_async: does not block paho's thread
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -210,6 +225,8 @@ class Agent:
         self._accepting.clear()
         worker.join(timeout=3.0)
         self._flush_outbox(timeout=1.0)
+        for p in self.primaries:
+            p.stop(timeout=0.5)
         self.link.stop(timeout=0.5)
         self.http.stop()
         self.outbox.close()
@@ -243,6 +260,7 @@ class Agent:
         next_sweep = time.monotonic() + 1.0
         next_checkpoint = time.monotonic() + self.cfg.state.checkpoint_interval_s
         max_wait = cfg.max_wait_ms / 1000.0
+        next_tick = time.monotonic()
         while not self._stop.is_set():
             # Wait for messages no longer than the oldest ready window may wait for its batch.
             due = 0.02 if first_due is None else first_due + max_wait - time.monotonic()
@@ -252,6 +270,11 @@ class Agent:
             self._heartbeat.beat(now)
             if not self._ready_sent and all(self.readiness().values()):
                 self._ready_sent = systemd.notify_ready(f"serving model {self.pipeline.spec.version}")
+            if self.pipeline.hosts:
+                if now >= next_tick:  # Sparkplug reorder timeouts, checked ten times a second
+                    self._count(*self.pipeline.tick(time.time(), now))
+                    next_tick = now + 0.1
+                self._send_sparkplug()
             if self.pipeline.n_ready:
                 first_due = first_due if first_due is not None else now
                 if self.pipeline.n_ready >= cfg.max_batch or now - first_due >= max_wait:
@@ -312,6 +335,25 @@ class Agent:
                 self.metrics.readings_rejected.labels(reason.value).inc(n)
             else:
                 self.metrics.readings_skipped.inc(n)
+
+    def _count(self, accepted: int, rejects: list[Reason]) -> None:
+        if accepted:
+            self.metrics.readings_accepted.inc(accepted)
+        for reason, n in Counter(rejects).items():
+            if reason.is_rejection:
+                self.metrics.readings_rejected.labels(reason.value).inc(n)
+            else:
+                self.metrics.readings_skipped.inc(n)
+
+    def _send_sparkplug(self) -> None:
+        """Publish the hosts' rebirth requests (NCMD: QoS 0, not retained) and stale notices."""
+        commands, notices = self.pipeline.take_sparkplug()
+        for c in commands:
+            self.link.publish(c.topic, c.payload, qos=0, retain=False)
+            self.log.info("sparkplug_rebirth_requested", topic=c.topic)
+        if notices.risks:
+            self._publish(notices)
+            self.log.info("sparkplug_assets_stale", assets=[r.asset for r in notices.risks][:50])
 
     def _publish(self, result: BatchResult) -> None:
         prefix = self.cfg.outputs.prefix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,10 +84,40 @@ class ModelConfig(_Strict):
     critical: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
+class SparkplugConfig(_Strict):
+    """`[subscriptions.sparkplug]`: how a `codec = "sparkplug"` subscription treats edge nodes.
+
+    Mirrors agent.sparkplug.host.HostOptions (see docs/sparkplug.md); `host_id` makes the
+    agent a Primary Host Application publishing `spBv1.0/STATE/{host_id}`.
+    """
+
+    reorder_timeout_s: Annotated[float, Field(ge=0)] = 2.0
+    rebirth_interval_s: Annotated[float, Field(ge=0)] = 10.0
+    send_rebirth: bool = True
+    asset: str = "{device}"
+    max_pending: Annotated[int, Field(ge=1, le=255)] = 64
+    host_id: str | None = None
+
+    @field_validator("asset")
+    @classmethod
+    def _asset(cls, v: str) -> str:
+        fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        if not fields or not fields <= {"group", "node", "device"}:
+            raise ValueError("must name the asset from {group}, {node} and/or {device}")
+        return v
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str | None) -> str | None:
+        if v is not None and not valid_name(v):
+            raise ValueError("must be 1-128 printable characters without + # / or NUL")
+        return v
+
+
 class SubscriptionConfig(_Strict):
     filter: str
-    template: str
-    codec: Literal["json", "json-multi"] = "json"
+    template: str = ""
+    codec: Literal["json", "json-multi", "sparkplug"] = "json"
     qos: Literal[0, 1, 2] = 1
     ts_field: str = "ts"
     value_field: str = "value"
@@ -96,6 +127,7 @@ class SubscriptionConfig(_Strict):
     channel_map: dict[str, str] = {}
     scale: dict[str, float] = {}
     offset: dict[str, float] = {}
+    sparkplug: SparkplugConfig = SparkplugConfig()
 
     @property
     def topic_filter(self) -> str:
@@ -106,6 +138,12 @@ class SubscriptionConfig(_Strict):
 
     @model_validator(mode="after")
     def _template_fits_filter(self) -> SubscriptionConfig:
+        if self.codec == "sparkplug":
+            return self._sparkplug_filter()
+        if "sparkplug" in self.model_fields_set:
+            raise ValueError("a [subscriptions.sparkplug] table needs codec = \"sparkplug\"")
+        if not self.template:
+            raise ValueError(f"codec {self.codec!r} needs a template naming {{asset}}")
         if self.filter.startswith("$share/") and (self.filter.count("/") < 2
                                                    or not self.filter.split("/")[1]):
             raise ValueError("a shared subscription is $share/{group}/{filter}")
@@ -137,6 +175,23 @@ class SubscriptionConfig(_Strict):
             raise ValueError("template must name {asset}")
         if self.codec == "json" and "channel" not in names and self.channel is None:
             raise ValueError("json codec needs {channel} in the template or a fixed `channel`")
+        return self
+
+    def _sparkplug_filter(self) -> SubscriptionConfig:
+        # Sparkplug topics are fixed (spBv1.0/{group}/{type}/{node}[/{device}]): no template.
+        # One host must see all of an edge node's messages (seq and aliases are per node), so
+        # a shared subscription, which splits them between agents, is refused.
+        if self.template:
+            raise ValueError("codec sparkplug takes no template: its topic namespace is fixed")
+        if self.filter.startswith("$share/"):
+            raise ValueError("codec sparkplug cannot use a shared subscription: an edge node's "
+                             "messages must all reach one host (use [assets] partition)")
+        levels = self.filter.split("/")
+        if levels[0] != "spBv1.0" or len(levels) < 2 or len(levels) > 5:
+            raise ValueError("codec sparkplug needs a filter under spBv1.0/, e.g. spBv1.0/plant/#")
+        if "#" in levels[:-1] or any("#" in f and f != "#" for f in levels) or any(
+                "+" in f and f != "+" for f in levels):
+            raise ValueError("'+' and '#' must stand alone as a level, '#' only as the last")
         return self
 
 

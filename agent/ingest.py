@@ -42,6 +42,10 @@ class Reason(StrEnum):
     CHANNEL = "unknown_channel"    # not one of the model's channels
     ASSET_LIMIT = "asset_limit"    # a new asset beyond max_assets
     NOT_MINE = "not_mine"          # an asset this agent does not serve (not a rejection)
+    # Sparkplug B session faults (agent.sparkplug): each also leads to a rebirth request.
+    NO_BIRTH = "no_birth"          # data from an edge node or device with no current birth
+    ALIAS = "unknown_alias"        # a metric alias (or name) its birth did not define
+    SEQUENCE = "sequence"          # a seq number already passed: a duplicate or a message too late
 
     @property
     def is_rejection(self) -> bool:

@@ -70,6 +70,11 @@ class Link:
         self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
         self._match = [(i, s.topic_filter) for i, s in enumerate(cfg.subscriptions)]
 
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context of this link (None for mqtt://), for companion connections to reuse."""
+        return self._tls
+
     def start(self) -> None:
         """Connect in the background; paho reconnects with capped exponential backoff."""
         url = self.cfg.broker.parsed_url

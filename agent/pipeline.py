@@ -18,7 +18,7 @@ import numpy as np
 import structlog
 
 from agent.alerts import alert_id, rfc3339_ms
-from agent.config import AgentConfig
+from agent.config import AgentConfig, SubscriptionConfig
 from agent.ingest import Decoder, Reading, Reason
 from agent.logs import RateLimited
 from agent.metrics import Metrics
@@ -32,6 +32,8 @@ from agent.risk import (
     top_channels,
 )
 from agent.runtime import Runtime
+from agent.sparkplug import Command, Host, HostOptions, Output
+from agent.sparkplug.codec import ChannelMap
 from agent.spec import ModelSpec, Thresholds
 from agent.state import dump_asset, load_asset
 from agent.windows import AssetWindow, Update, cell_of
@@ -40,7 +42,7 @@ from agent.windows import AssetWindow, Update, cell_of
 class AssetState:
     """Everything the agent keeps for one asset."""
 
-    __slots__ = ("arrival", "level", "risk", "stale", "surprise", "window")
+    __slots__ = ("arrival", "dead_until", "historical", "level", "risk", "stale", "surprise", "window")
 
     def __init__(self, window: AssetWindow, surprise: SurpriseTracker, level: LevelMachine) -> None:
         self.window = window
@@ -49,6 +51,12 @@ class AssetState:
         self.stale = False
         self.risk = 0.0
         self.arrival = 0.0  # monotonic arrival of the newest reading, for latency
+        # End cells of ready windows that a historical (Sparkplug is_historical) reading closed:
+        # scored in event time like any window, but never decided on (no level change, no alert).
+        self.historical: set[int] = set()
+        # Set when the source announced its death (Sparkplug NDEATH/DDEATH): windows up to this
+        # cell closed before the notice and must not clear `stale` when they are scored late.
+        self.dead_until = -1
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ class Pipeline:
     """Decode, window, batch, score and decide, for every asset of one agent."""
 
     def __init__(self, cfg: AgentConfig, runtime: Runtime, metrics: Metrics,
-                 wall: Callable[[], float] = time.time, log: Any = None) -> None:
+                 wall: Callable[[], float] = time.time, log: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.wall = wall
@@ -94,6 +103,13 @@ class Pipeline:
         self.dirty: set[str] = set()  # assets changed since the last checkpoint
         self._bad_output = RateLimited(log or structlog.get_logger("vigil.pipeline"))
         self.runtime = runtime
+        # One Sparkplug host per `codec = "sparkplug"` subscription; its sessions outlive a model
+        # swap (only its channel map follows the model). What it asks to publish waits here.
+        self.hosts = {i: Host(ChannelMap(runtime.spec.channels), _host_options(s, cfg.windows.max_assets),
+                              clock=clock, wall=wall)
+                      for i, s in enumerate(cfg.subscriptions) if s.codec == "sparkplug"}
+        self.commands: list[Command] = []   # rebirth requests (NCMD), QoS 0, not retained
+        self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH made stale
         self._set_runtime(runtime)
 
     # -- model -------------------------------------------------------------------------------
@@ -110,6 +126,9 @@ class Pipeline:
         self.thresholds = self._thresholds(self.spec)
         self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
         self._cell_ts = float("nan")  # the period may have changed
+        for i, host in self.hosts.items():
+            sub = self.cfg.subscriptions[i]
+            host.channels = ChannelMap(self.spec.channels, sub.channel_map, sub.scale, sub.offset)
         self.metrics.set_model(self.spec.version, self.spec.created_at)
 
     def swap_model(self, runtime: Runtime) -> bool:
@@ -147,6 +166,9 @@ class Pipeline:
         rejects: list[Reason] = []
         if len(payload) > self.cfg.windows.max_payload_bytes:
             return 0, [Reason.PAYLOAD_SIZE]
+        host = self.hosts.get(sub_index)
+        if host is not None:
+            return self._sparkplug(host.receive(topic, payload, arrival_wall), arrival_wall, arrival_mono)
         got = self.decoders[sub_index].decode_cells(topic, payload, arrival_wall, rejects)
         if got is None:
             return 0, rejects
@@ -195,8 +217,49 @@ class Pipeline:
             self._due[asset] = None
         return accepted
 
-    def _write(self, r: Reading, wall: float, mono: float) -> Reason | None:
-        """Write one reading (the path for decoders that yield `Reading`s)."""
+    def tick(self, arrival_wall: float, arrival_mono: float) -> tuple[int, list[Reason]]:
+        """Let Sparkplug reorder timeouts run out; held messages released count as ingested."""
+        accepted, rejects = 0, []
+        for host in self.hosts.values():
+            n, why = self._sparkplug(host.tick(), arrival_wall, arrival_mono)
+            accepted += n
+            rejects += why
+        return accepted, rejects
+
+    def _sparkplug(self, out: Output, wall: float, mono: float) -> tuple[int, list[Reason]]:
+        rejects = list(out.rejects)
+        accepted = 0
+        for readings, historical in ((out.readings, False), (out.historical, True)):
+            for r in readings:
+                reason = self._write(r, wall, mono, historical)
+                if reason is None:
+                    accepted += 1
+                else:
+                    rejects.append(reason)
+        self.commands += out.commands
+        self.notices += self.mark_stale(out.stale)
+        return accepted, rejects
+
+    def mark_stale(self, assets: list[str]) -> list[RiskOut]:
+        """Assets whose source said it died (Sparkplug NDEATH/DDEATH): stale until data resumes."""
+        out = []
+        for asset in assets:
+            st = self.assets.get(asset)
+            if st is not None and not st.stale:
+                st.stale = True
+                st.dead_until = st.window.newest
+                self.dirty.add(asset)
+                newest = st.window.newest
+                out.append(self._risk_doc(asset, st, newest, st.window.newest_ts(newest), {}))
+        return out
+
+    def take_sparkplug(self) -> tuple[list[Command], BatchResult]:
+        """What the Sparkplug hosts asked for since the last call: commands, and stale notices."""
+        commands, self.commands = self.commands, []
+        notices, self.notices = self.notices, []
+        return commands, BatchResult(risks=notices)
+
+    def _write(self, r: Reading, wall: float, mono: float, historical: bool = False) -> Reason | None:
         if r.ts > wall + self.cfg.windows.max_future_skew_s:
             return Reason.FUTURE
         if r.ts < self._floor:
@@ -217,6 +280,8 @@ class Pipeline:
             return Reason.DUPLICATE
         st.arrival = mono
         self.dirty.add(r.asset)
+        if historical and len(w.ready) > before:
+            st.historical.update(c.end for c in w.ready[before:])
         if len(w.ready) > before:
             self.n_ready += len(w.ready) - before
             self._due[r.asset] = None
@@ -302,6 +367,7 @@ class Pipeline:
         ends: list[int] = []
         stamps: list[float] = []
         xs: list[np.ndarray] = []
+        history: list[bool] = []
         while self._due and len(names) < max_batch:
             asset = next(iter(self._due))
             del self._due[asset]
@@ -313,16 +379,20 @@ class Pipeline:
                 self._due[asset] = None
             for closed in take:
                 self.n_ready -= 1
+                historical = closed.end in st.historical
+                st.historical.discard(closed.end)
                 if closed.window is None:
-                    if not st.stale:
+                    if not st.stale and not historical:
                         st.stale = True
                         out.risks.append(self._risk_doc(asset, st, closed.end, closed.newest_ts, {}))
                     continue
-                st.stale = False
+                if not historical and closed.end > st.dead_until:
+                    st.stale = False
                 names.append(asset)
                 ends.append(closed.end)
                 stamps.append(closed.newest_ts)
                 xs.append(closed.window)
+                history.append(historical)
         self.metrics.assets.set(len(self.assets))
         if not names:
             return out
@@ -349,6 +419,8 @@ class Pipeline:
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
                 continue
+            if history[i]:
+                continue  # history in event time: the surprise tracker has seen it; no decision
             st.risk = risk
             signals: dict[str, float] = {}
             if p_fail is not None:
@@ -386,3 +458,10 @@ class Pipeline:
             "emitted_at": rfc3339_ms(self.wall()),
         }
         return AlertOut(asset, level.label, doc)
+
+
+def _host_options(sub: SubscriptionConfig, max_assets: int) -> HostOptions:
+    c = sub.sparkplug
+    return HostOptions(reorder_timeout_s=c.reorder_timeout_s, rebirth_interval_s=c.rebirth_interval_s,
+                       send_rebirth=c.send_rebirth, asset=c.asset, max_pending=c.max_pending,
+                       max_nodes=max_assets, max_devices=max_assets)
