@@ -53,7 +53,8 @@ def check_config(path: Path) -> dict[str, Any]:
         "agent_id": cfg.resolved_agent_id,
         "subscriptions": [
             {"filter": s.filter, "template": s.template, "codec": s.codec,
-             "example_topic": example_topic(s.template)} for s in cfg.subscriptions],
+             "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
+                               else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
         "publishes": {
             "alerts": f"{cfg.outputs.prefix}/alerts/{{asset}}",
