@@ -16,7 +16,7 @@ import torch
 from agent.risk import Level, LevelMachine, SurpriseTracker, combine, surprise_probability
 from agent.spec import Combiner, SurpriseStats, Thresholds
 from training.labels import Inputs, WindowSet
-from training.model import Forecaster
+from training.model import Model
 
 FloatArray = npt.NDArray[np.float64]
 SECONDS_PER_DAY = 86_400.0
@@ -34,7 +34,7 @@ class Predictions:
     rul: npt.NDArray[np.float32]      # [N] predicted RUL in cells (zeros without the head)
 
 
-def predict(model: Forecaster, data: Inputs, batch: int = 2048) -> Predictions:
+def predict(model: Model, data: Inputs, batch: int = 2048) -> Predictions:
     """Run the eager model over every window (eval mode, no gradients)."""
     model.eval()
     parts: list[tuple[np.ndarray, ...]] = []

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no forecast heads (then risk comes from the failure head alone)")
     f.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default lstm)")
     f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
+    f.add_argument("--smooth", type=_fraction,
+                   help="exponential smoothing of the window inside the model, alpha (0: off)")
+    f.add_argument("--members", type=_positive_int,
+                   help="train this many networks (own seeds) and average them in one file")
     f.add_argument("--layers", type=_positive_int, help="LSTM layers")
     f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
     f.add_argument("--epochs", type=_positive_int)

@@ -25,7 +25,7 @@ from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
 from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
-from training.model import Forecaster, ModelConfig, n_params
+from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.train import TrainConfig, TrainResult, seed_everything, train
 
@@ -52,6 +52,8 @@ class FitOptions:
     rul_cap: float = 0.0                  # 0: no RUL head
     forecast: bool = True
     cell: str = "lstm"
+    smooth: float = 0.0
+    members: int = 1
     hidden: int = 32
     layers: int = 1
     dropout: float = 0.0
@@ -83,13 +85,15 @@ class FitOptions:
 
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
     """The C-MAPSS preset (docs/training.md): 14 sensors, regimes from the operating settings,
-    window 30, RUL capped at 125 cycles, a 2-layer LSTM, early stopping on validation engines."""
+    window 50, RUL capped at 125 cycles, three averaged 32-unit LSTMs over a smoothed window,
+    early stopping on validation engines."""
     from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
 
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
         window=50, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
-        hidden=64, layers=1, dropout=0.0, head_hidden=0, epochs=30, windows_per_epoch=100_000,
+        hidden=32, layers=1, dropout=0.3, head_hidden=0, smooth=0.1, members=3, epochs=30,
+        windows_per_epoch=100_000,
         batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
         huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0)
     base.update(overrides)
@@ -152,8 +156,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     mcfg = ModelConfig(n_channels=len(history.channels), horizon=opts.horizon, hidden=opts.hidden,
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
                        forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
-                       head_hidden=opts.head_hidden, cell=opts.cell)
-    model = Forecaster(mcfg)
+                       head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
@@ -163,11 +166,25 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     contract = {"channels": list(history.channels), "period_s": history.period_s, "window": opts.window,
                 "horizon": opts.horizon, "fail_horizon": opts.fail_horizon, "rul_cap": opts.rul_cap,
                 "normalisation": asdict(norm), "fingerprint": history.fingerprint}
-    result = train(model, train_data, val_data, tcfg, mcfg.rul_cap, checkpoint=opts.checkpoint,
-                   resume=opts.resume, contract=contract)
-    if not result.finished:
-        raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
-                         f"resume with --resume --checkpoint {opts.checkpoint}")
+    members: list[Forecaster] = []
+    results: list[TrainResult] = []
+    for k in range(opts.members):
+        # Member k trains with seed + 1000 k (member 0: the run's own seed), on the same split.
+        seed = opts.seed + 1000 * k
+        torch.manual_seed(seed)
+        member = Forecaster(mcfg)
+        ck = opts.checkpoint
+        if ck is not None and opts.members > 1:
+            ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
+        result = train(member, train_data, val_data, replace(tcfg, seed=seed), mcfg.rul_cap,
+                       checkpoint=ck, resume=opts.resume, contract=contract)
+        if not result.finished:
+            raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
+                             f"resume with --resume --checkpoint {opts.checkpoint}")
+        members.append(member)
+        results.append(result)
+    model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
+    result = results[0]
     train_seconds = time.monotonic() - t0
 
     spec, pred = calibrate(model, opts, history, norm, val_data, p.events)
@@ -184,6 +201,8 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         "test_assets": sorted(p.split.test), "train_windows": len(p.train), "val_windows": len(p.val),
         "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
+        "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                     "best_val_score": round(r.best_score, 5)} for r in results],
         "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(model),
@@ -202,7 +221,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     return spec, summary
 
 
-def calibrate(model: Forecaster, opts: FitOptions, history: History, norm: Any, val_data: Inputs,
+def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, norm: Any, val_data: Inputs,
               events: list[Event]) -> tuple[ModelSpec, cal.Predictions]:
     """Calibrate on validation assets only, replaying what the agent will do; the spec before export."""
     val_ws = val_data.ws

@@ -27,6 +27,9 @@ class ModelConfig:
     # Width of a small ReLU layer between the LSTM state and the RUL head (0: a linear head).
     head_hidden: int = 0
     cell: str = "lstm"  # or "gru"
+    # Causal exponential smoothing of the normalised window inside the model (0: off). The
+    # agent still sends raw windows; the smoothing travels in the file with the weights.
+    smooth: float = 0.0
 
 
 class Forecaster(nn.Module):
@@ -49,6 +52,9 @@ class Forecaster(nn.Module):
         self.has_forecast = cfg.forecast_head
         self.has_rul = cfg.rul_head
         self.rul_cap = float(cfg.rul_cap)
+        if not 0.0 <= cfg.smooth < 1.0:
+            raise ValueError(f"smooth must be in [0, 1), got {cfg.smooth}")
+        self.smooth = float(cfg.smooth)
         if cfg.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
         self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
@@ -65,6 +71,8 @@ class Forecaster(nn.Module):
         self.register_buffer("temperature", torch.ones(1))
 
     def encode(self, x: Tensor) -> Tensor:
+        if self.smooth > 0.0:
+            x = ewma(x, self.smooth)
         out, _ = self.lstm(x)
         h: Tensor = self.drop(out[:, -1, :])
         return h
@@ -92,15 +100,77 @@ class Forecaster(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         mean, logvar, logit, rul = self.heads(x)
-        out: dict[str, Tensor] = {}
-        if self.has_forecast:
-            out["forecast_mean"] = mean
-            out["forecast_logvar"] = logvar
-        if self.has_fail:
-            out["fail_prob"] = torch.sigmoid(logit / self.temperature)
-        if self.has_rul:
-            out["rul"] = torch.clamp(rul, min=0.0) * self.rul_cap
-        return out
+        return outputs(mean, logvar, logit, rul, self.temperature, self.rul_cap, self.has_forecast,
+                       self.has_fail, self.has_rul)
+
+
+class Ensemble(nn.Module):
+    """Several forecasters of one config, trained apart (own seeds) and averaged in one file.
+
+    Averaging cuts the variance that a small data set leaves in any one network. Forecasts
+    combine as a Gaussian mixture (mean of means; variance = mean of variances plus the
+    spread of the means), the failure logit and the RUL as plain means; one calibration
+    temperature applies to the averaged logit. Costs K times one member at inference.
+    """
+
+    def __init__(self, members: list[Forecaster]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs members")
+        first = members[0]
+        self.config = first.config
+        self.n_members = len(members)
+        self.members = nn.ModuleList(members)
+        self.n_channels, self.horizon = first.n_channels, first.horizon
+        self.has_fail, self.has_forecast, self.has_rul = first.has_fail, first.has_forecast, first.has_rul
+        self.rul_cap = first.rul_cap
+        self.register_buffer("temperature", torch.ones(1))
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        means, second, logits, ruls = [], [], [], []
+        for m in self.members:
+            mean, logvar, logit, rul = m.heads(x)
+            means.append(mean)
+            second.append(torch.exp(logvar) + mean * mean)
+            logits.append(logit)
+            ruls.append(rul)
+        mean = torch.stack(means).mean(0)
+        var = torch.stack(second).mean(0) - mean * mean
+        logvar = torch.clamp(torch.log(torch.clamp(var, min=1e-8)), -8.0, 6.0)
+        return mean, logvar, torch.stack(logits).mean(0), torch.stack(ruls).mean(0)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        mean, logvar, logit, rul = self.heads(x)
+        return outputs(mean, logvar, logit, rul, self.temperature, self.rul_cap, self.has_forecast,
+                       self.has_fail, self.has_rul)
+
+
+Model = Forecaster | Ensemble
+
+
+def outputs(mean: Tensor, logvar: Tensor, logit: Tensor, rul: Tensor, temperature: Tensor, rul_cap: float,
+            has_forecast: bool, has_fail: bool, has_rul: bool) -> dict[str, Tensor]:
+    """The model file's outputs from the raw heads (DESIGN.md, "Model file")."""
+    out: dict[str, Tensor] = {}
+    if has_forecast:
+        out["forecast_mean"] = mean
+        out["forecast_logvar"] = logvar
+    if has_fail:
+        out["fail_prob"] = torch.sigmoid(logit / temperature)
+    if has_rul:
+        out["rul"] = torch.clamp(rul, min=0.0) * rul_cap
+    return out
+
+
+def ewma(x: Tensor, alpha: float) -> Tensor:
+    """Causal exponential smoothing along time of x [B, W, C], started at the window's first cell."""
+    w = x.shape[1]
+    t = torch.arange(w, dtype=x.dtype, device=x.device)
+    lag = t[:, None] - t[None, :]
+    keep = 1.0 - alpha
+    m = torch.where(lag >= 0, alpha * torch.pow(torch.full_like(lag, keep), lag), torch.zeros_like(lag))
+    m[:, 0] = torch.pow(torch.full_like(t, keep), t)
+    return torch.matmul(m, x)
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:

@@ -14,7 +14,7 @@ CELLS = 3 * 1440  # three days per asset
 
 
 def scenario(seed: int) -> tuple[object, np.ndarray, list[Event]]:
-    """Eight assets over three days; four fail at the end. Risk is noisy, with bursts, and rises before failures."""
+    """Eight assets over three days, four failing at the end; noisy risk with bursts, high before failures."""
     rng = np.random.default_rng(seed)
     series, events = [], []
     for i in range(8):
@@ -24,7 +24,7 @@ def scenario(seed: int) -> tuple[object, np.ndarray, list[Event]]:
     ws = build_windows(History(("x",), PERIOD, tuple(series), "fp"), events, window=4, horizon=1,
                        fail_horizon=720, max_gap=0)
     risk = np.clip(rng.beta(2, 20, len(ws)), 0, 1)
-    for k in range(40):  # healthy bursts that a careless threshold would alert on
+    for _ in range(40):  # healthy bursts that a careless threshold would alert on
         at = rng.integers(len(ws) - 30)
         risk[at:at + 20] = np.maximum(risk[at:at + 20], rng.uniform(0.3, 0.9))
     ramp = ws.fail == 1

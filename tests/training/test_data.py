@@ -22,7 +22,8 @@ def write(path: Path, text: str) -> Path:
 class TestLoadHistory:
     def test_epoch_and_rfc3339_give_the_same_grid(self, tmp_path: Path) -> None:
         """Timestamps as epoch seconds and as RFC 3339 text resample identically."""
-        a = write(tmp_path / "a.csv", "ts,asset,channel,value\n0,p1,t,1.0\n60,p1,t,2.0\n0,p1,v,5\n60,p1,v,6\n")
+        a = write(tmp_path / "a.csv",
+                  "ts,asset,channel,value\n0,p1,t,1.0\n60,p1,t,2.0\n0,p1,v,5\n60,p1,v,6\n")
         b = write(tmp_path / "b.csv", "ts,asset,channel,value\n1970-01-01T00:00:00Z,p1,t,1.0\n"
                   "1970-01-01T00:01:00+00:00,p1,t,2.0\n1970-01-01T00:00:00Z,p1,v,5\n1970-01-01T00:01:00Z,p1,v,6\n")
         ha, hb = load_history(a), load_history(b)

@@ -99,7 +99,7 @@ def drifting_cmapss(lives: dict[int, int], seed: int) -> str:
 
 class TestCmapssFit:
     def test_fit_and_evaluate_a_tiny_cmapss_set(self, tmp_path: Path) -> None:
-        """--format cmapss trains an RUL model; evaluate scores each test unit's last window, padded if short."""
+        """--format cmapss trains an RUL model; evaluate scores each test unit's last window (padded)."""
         train = tmp_path / "train_FD009.txt"
         train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 11)}, seed=0))
         test = tmp_path / "test_FD009.txt"
@@ -161,7 +161,8 @@ class TestCli:
 
     def test_bad_input_is_one_line(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A missing history file or a non-model file exits 1 with one line, no traceback."""
-        assert cli.main(["fit", "--history", str(tmp_path / "none.csv"), "--out", str(tmp_path / "m.pt")]) == 1
+        args = ["fit", "--history", str(tmp_path / "none.csv"), "--out", str(tmp_path / "m.pt")]
+        assert cli.main(args) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no such file" in err
         junk = tmp_path / "junk.pt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from agent.errors import ModelError
 from training import checkpoint as ckpt
 from training.data import AssetSeries, Event, History
 from training.labels import Inputs, build_windows, fit_normalisation
-from training.model import Forecaster, ModelConfig
+from training.model import Ensemble, Forecaster, ModelConfig, ewma
 from training.train import TrainConfig, train
 
 
@@ -108,3 +109,41 @@ class TestCheckpoint:
         other = Forecaster(ModelConfig(n_channels=2, horizon=2, hidden=16, rul_head=True, rul_cap=30.0))
         with pytest.raises(ModelError, match="made for model"):
             train(other, tr, va, CFG, 30.0, checkpoint=path, resume=True)
+
+
+class TestModelParts:
+    def test_ewma_is_causal_exponential_smoothing(self) -> None:
+        """The in-model smoothing equals the recursion s_t = a x_t + (1 - a) s_(t-1), s_0 = x_0."""
+        x = torch.randn(3, 9, 2)
+        got = ewma(x, 0.3)
+        s = x[:, 0]
+        for t in range(9):
+            s = x[:, 0] if t == 0 else 0.3 * x[:, t] + 0.7 * s
+            assert torch.allclose(got[:, t], s, atol=1e-6)
+
+    def test_ensemble_averages_members_and_exports_with_parity(self, tmp_path: Path) -> None:
+        """An ensemble's RUL and failure logit are its members' means; its TorchScript file matches eager."""
+        from tests.agent.conftest import make_spec
+        from training.export import export
+
+        members = []
+        for k in range(3):
+            torch.manual_seed(k)
+            members.append(Forecaster(ModelConfig(n_channels=3, horizon=2, hidden=8, rul_head=True,
+                                                  rul_cap=40.0, smooth=0.2)))
+        ens = Ensemble(members).eval()
+        x = torch.randn(5, 8, 3)
+        with torch.no_grad():
+            _, _, logit, rul = ens.heads(x)
+            parts = [m.heads(x) for m in members]
+        assert torch.allclose(logit, torch.stack([p[2] for p in parts]).mean(0))
+        assert torch.allclose(rul, torch.stack([p[3] for p in parts]).mean(0))
+        spec = replace(make_spec(), heads=("forecast_mean", "forecast_logvar", "fail_prob", "rul"),
+                       rul_cap=40.0)
+        export(ens, spec, x.numpy(), tmp_path / "e.pt")
+        from agent.runtime import load_model
+
+        out = load_model(tmp_path / "e.pt").infer(x.numpy())
+        with torch.no_grad():
+            eager = ens(x)
+        assert out.rul is not None and np.abs(out.rul - eager["rul"].numpy()).max() <= 1e-5
