@@ -22,3 +22,14 @@ def test_complete_config_example_loads(tmp_path: Path) -> None:
     assert cfg.http.listen == "127.0.0.1:9108"
     assert cfg.windows.max_assets == 10_000 and cfg.windows.max_payload_bytes == 65_536
     assert cfg.state.checkpoint_interval_s == 10 and cfg.outputs.prefix == "vigil"
+
+
+def test_every_toml_example_loads(tmp_path: Path) -> None:
+    """Every TOML example in the README is valid (fragments get a model path added)."""
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        text = block if "[model]" in block else '[model]\npath = "m.pt"\n\n' + block
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(text)
+        load_config(path, env={})
