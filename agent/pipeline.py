@@ -10,7 +10,7 @@ import fnmatch
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,14 +295,16 @@ class Pipeline:
         return json.dumps([list(s.channels), s.period_s, s.window, w.max_gap, w.allowed_lateness,
                            w.stride, w.aggregation])
 
-    def checkpoint_rows(self) -> dict[str, bytes]:
-        """Serialised state of the assets changed since the last call."""
+    def checkpoint_rows(self, assets: Iterable[str] | None = None) -> dict[str, bytes]:
+        """Serialised state of `assets`; by default of every asset changed since the last call
+        (which then no longer count as changed)."""
+        if assets is None:
+            assets, self.dirty = self.dirty, set()
         rows = {}
-        for asset in self.dirty:
+        for asset in assets:
             st = self.assets.get(asset)
             if st is not None:
                 rows[asset] = dump_asset(st.window, st.level, st.surprise, st.stale, st.risk)
-        self.dirty.clear()
         return rows
 
     def restore(self, rows: dict[str, bytes]) -> int:
