@@ -84,14 +84,19 @@ class TestFit:
         assert json.loads((tmp_path / "rep" / "metrics.json").read_text()) == ev.metrics
 
 
-def drifting_cmapss(lives: dict[int, int], seed: int) -> str:
-    """C-MAPSS rows whose sensor 2 and 3 rise towards each unit's end (a learnable RUL)."""
+CONDITIONS = np.array([[0.0, 0.0, 100.0], [20.0, 0.7, 100.0], [42.0, 0.84, 60.0]])
+
+
+def drifting_cmapss(lives: dict[int, int], seed: int, regimes: int = 1) -> str:
+    """C-MAPSS rows whose sensors 2 and 3 rise towards each unit's end (a learnable RUL);
+    with regimes > 1, each cycle runs at a random operating condition that shifts every sensor."""
     rng = np.random.default_rng(seed)
     lines = []
     for unit, life in lives.items():
         for cycle in range(1, life + 1):
             wear = np.exp(3.0 * cycle / life)
-            v = np.concatenate([rng.normal(0, 0.001, 3), rng.normal(0, 0.05, 21)])
+            k = rng.integers(regimes)
+            v = np.concatenate([CONDITIONS[k] + rng.normal(0, 0.001, 3), rng.normal(0, 0.05, 21) + 30 * k])
             v[4:6] += wear
             lines.append(" ".join([str(unit), str(cycle), *(f"{x:.5f}" for x in v)]) + "  ")
     return "\n".join(lines) + "\n"
@@ -116,6 +121,17 @@ class TestCmapssFit:
         assert cli.main(["evaluate", str(tmp_path / "c.pt"), str(test), "--format", "cmapss",
                          "--report", str(tmp_path / "rep")]) == 0
         assert (tmp_path / "rep" / "rul.png").exists()
+
+
+    def test_several_operating_regimes_are_learnt_and_stored(self, tmp_path: Path) -> None:
+        """A multi-condition C-MAPSS file (like FD002/FD004) gets its regimes found on train and stored."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=2, regimes=3))
+        opts = cmapss_options(train, tmp_path / "r.pt", window=10, hidden=8, epochs=1, members=1,
+                              threads=1, progress=False, val_fraction=0.3)
+        spec, summary = fit(opts)
+        assert summary["regimes"] == 3 and spec.normalisation.n_regimes == 3
+        assert load_model(tmp_path / "r.pt").spec.normalisation == spec.normalisation
 
 
 class TestExport:
