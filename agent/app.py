@@ -206,6 +206,14 @@ class Agent:
         while self._saving:
             self._save_some()
 
+    def _save_now(self, assets: set[str]) -> None:
+        rows = self.pipeline.checkpoint_rows(assets)
+        try:
+            self.checkpoint.save(self.pipeline.contract(), rows)
+        except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
+            self.log.error("checkpoint_failed", error=str(exc), assets=len(rows))
+            self.pipeline.dirty.update(assets)
+
     def _begin_checkpoint(self) -> None:
         """Start a round: every asset changed since the last round is written, a chunk at a time."""
         self._saving = list(dict.fromkeys([*self._saving, *self.pipeline.dirty]))
@@ -388,6 +396,10 @@ class Agent:
             self.log.info("alert_raised", asset=a.asset, level=a.level,
                           previous=a.doc["previous_level"], risk=a.doc["risk"],
                           alert_id=a.doc["alert_id"])
+        if result.alerts:
+            # A transition is checkpointed the moment it is in the outbox (outbox first: a crash
+            # between the two re-sends, never loses), so a restart cannot raise it a second time.
+            self._save_now({a.asset for a in result.alerts})
         now = time.monotonic()
         for r in result.risks:
             self.link.publish(f"{prefix}/risk/{r.asset}", encode(r.doc),

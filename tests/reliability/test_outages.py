@@ -97,7 +97,7 @@ def test_sigkill_then_restart_delivers_pending_with_same_ids(trained: Path, own_
                        what="a warning decided while the broker refuses alerts")
             wait_until(lambda: (metric(agent.scrape(), "vigil_outbox_depth") or 0) >= 1, 10,
                        what="the refused alert pending in the outbox")
-            assert "alerts_refused_by_broker" in agent.log()
+            wait_until(lambda: "alerts_refused_by_broker" in agent.log(), 10, what="refusal logged")
             assert consumer.ids() == []
             raised_at = time.time()
             wait_until(lambda: (metric(agent.scrape(), "vigil_checkpoint_timestamp_seconds") or 0)
