@@ -99,6 +99,7 @@ def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) 
 
 
 _NEG_INF = -math.inf
+_ZERO_COUNT = np.zeros(1, dtype=np.int32)
 
 
 @functools.cache
@@ -157,7 +158,10 @@ class AssetWindow:
         self.capacity = window + max_gap + lateness + 1
         self._values = np.full((self.capacity, n_channels), np.nan)
         self._ts = np.full((self.capacity, n_channels), -np.inf)
-        self._count = np.zeros((self.capacity, n_channels), dtype=np.int32)
+        # Readings per cell and channel, which only `mean` counts: with `last` a shared read-only
+        # view of zeros (checkpoints still carry the array), ~2.6 KB less per asset.
+        self._count = (np.zeros((self.capacity, n_channels), dtype=np.int32) if agg == "mean"
+                       else np.broadcast_to(_ZERO_COUNT, (self.capacity, n_channels)))
         self._cell = np.full(self.capacity, -1, dtype=np.int64)
         self._filled = [0] * self.capacity  # channels with a value, per slot
         # `mean` must never average a redelivered reading in, so it remembers the last few
@@ -280,9 +284,9 @@ class AssetWindow:
         self._cell[slot] = cell
         self._values[slot] = np.nan
         self._ts[slot] = -np.inf
-        self._count[slot] = 0
         self._filled[slot] = 0
         if self._seen is not None:
+            self._count[slot] = 0
             self._seen[slot] = np.nan
 
     def _advance(self, cell: int) -> None:
