@@ -1,9 +1,4 @@
-"""Sparkplug fixtures; the helpers live in tests/sparkplug/helpers.py.
-
-Each test module starts with `pytest.importorskip("google.protobuf")`: until pyproject lists
-the protobuf runtime (docs/sparkplug.md), a fresh environment could not import agent.sparkplug,
-and the skip says why instead of failing collection.
-"""
+"""Sparkplug fixtures; the helpers live in tests/sparkplug/helpers.py."""
 
 from __future__ import annotations
 

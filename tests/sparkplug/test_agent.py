@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-pytest.importorskip("google.protobuf", minversion="7.35.1", reason="protobuf>=7.35.1,<8 is not installed")
-
 from agent.config import (
     AgentConfig,
     BrokerConfig,

@@ -17,8 +17,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-pytest.importorskip("google.protobuf", minversion="7.35.1", reason="protobuf>=7.35.1,<8 is not installed")
-
 from agent.names import BrokerURL
 from agent.sparkplug.codec import ChannelMap
 from agent.sparkplug.host import Host, HostOptions, Output

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("google.protobuf", minversion="7.35.1", reason="protobuf>=7.35.1,<8 is not installed")
-
 from agent.ingest import Reading, Reason
 from agent.sparkplug.codec import (
     KNOWN_TYPES,

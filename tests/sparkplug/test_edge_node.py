@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("google.protobuf", minversion="7.35.1", reason="protobuf>=7.35.1,<8 is not installed")
-
 from agent.sparkplug.codec import ChannelMap, parse_payload, parse_topic, rebirth_request
 from agent.sparkplug.host import Host, Output
 from agent.sparkplug.sparkplug_b_pb2 import DataType, Payload

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-pytest.importorskip("google.protobuf", minversion="7.35.1", reason="protobuf>=7.35.1,<8 is not installed")
 
 from agent.ingest import Reading, Reason
 from agent.sparkplug.codec import encode, new_metric, parse_payload
