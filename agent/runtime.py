@@ -8,9 +8,11 @@ in torch 2.13) stays behind one interface, and an ONNX agent never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +35,33 @@ class Outputs:
     forecast_logvar: FloatArray | None = None
     fail_prob: FloatArray | None = None
     rul: FloatArray | None = None
+
+
+def bucket(n: int) -> int:
+    """The batch size a batch of `n` windows is padded to: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+
+    Each distinct input shape costs memory that is never given back (oneDNN caches a primitive
+    per shape: ~0.5 MiB for the reference LSTM, ~120 MiB once every size up to 256 was seen,
+    bench/soak.py). Powers of two and 1.5 times them keep the shapes to about 2 log2(max
+    batch) for less than half again the compute on a padded batch, and none on a full one.
+    """
+    if n <= 2:
+        return max(n, 1)
+    p = 1 << (n - 1).bit_length()  # the power of two at or above n
+    return p * 3 // 4 if n <= p * 3 // 4 else p
+
+
+def padded(infer: Callable[[FloatArray], Outputs], x: FloatArray) -> Outputs:
+    """`infer` on `x` padded with zero windows to its bucket; outputs cut back to `len(x)`."""
+    n = len(x)
+    size = bucket(n)
+    if size == n:
+        return infer(x)
+    full = np.zeros((size, *x.shape[1:]), dtype=np.float32)
+    full[:n] = x
+    out = infer(full)
+    return Outputs(**{f.name: None if (v := getattr(out, f.name)) is None else v[:n]
+                      for f in dataclasses.fields(out)})
 
 
 class Runtime(Protocol):
@@ -72,6 +101,9 @@ class TorchScriptRuntime:
         self.sha256 = sha256
 
     def infer(self, x: FloatArray) -> Outputs:
+        return padded(self._infer, x)
+
+    def _infer(self, x: FloatArray) -> Outputs:
         torch = _torch()
         with torch.inference_mode():
             out = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))  # type: ignore[operator]

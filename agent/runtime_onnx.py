@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ModelError
-from agent.runtime import Expected, FloatArray, Outputs, check_spec, probe_runtime, read_bytes
+from agent.runtime import Expected, FloatArray, Outputs, check_spec, padded, probe_runtime, read_bytes
 from agent.spec import KNOWN_HEADS, METADATA_FILE, ModelSpec
 
 
@@ -38,6 +38,9 @@ class OnnxRuntime:
         self._heads = [h for h in KNOWN_HEADS if h in names]
 
     def infer(self, x: FloatArray) -> Outputs:
+        return padded(self._infer, x)
+
+    def _infer(self, x: FloatArray) -> Outputs:
         got = self._session.run(self._heads, {self._input: np.ascontiguousarray(x, dtype=np.float32)})
         return Outputs(**dict(zip(self._heads, got, strict=True)))
 

@@ -73,6 +73,17 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def proc_usage(pid: int) -> tuple[float, int, int]:
+    """(current RSS in MiB, open file descriptors, threads) of a live process."""
+    rss, threads = float("nan"), 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024.0
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return rss, len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
 def machine_line() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -238,11 +249,11 @@ def _multi_doc(ts: str, row: list[float]) -> str:
     return f'{{"ts":{ts},"values":{{{inner}}}}}'
 
 
-def multi_messages(vals: np.ndarray, t0: float, first_cell: int = 0,
-                   prefix: str = "plant") -> Iterator[tuple[str, bytes]]:
+def multi_messages(vals: np.ndarray, t0: float, first_cell: int = 0, prefix: str = "plant",
+                   period_s: float = PERIOD_S) -> Iterator[tuple[str, bytes]]:
     """One json-multi message per asset and cell (14 channels), `{prefix}/{asset}`."""
     for c in range(vals.shape[0]):
-        ts = f"{t0 + (first_cell + c) * PERIOD_S:.3f}"
+        ts = f"{t0 + (first_cell + c) * period_s:.3f}"
         for a in range(vals.shape[1]):
             yield f"{prefix}/{asset(a)}", _multi_doc(ts, vals[c, a].tolist()).encode()
 
@@ -262,7 +273,8 @@ class Models:
     onnx: Path
 
 
-def build_models(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Models:
+def build_models(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0,
+                 period_s: float = PERIOD_S) -> Models:
     """The reference model (random weights: speed does not depend on them), both formats."""
     import warnings
 
@@ -280,7 +292,7 @@ def build_models(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) ->
     # Thresholds high enough that a random model raises (almost) no alerts: alerts are rare
     # in a plant, and the outbox (SQLite, fsync) is not what this benchmark measures.
     spec = ModelSpec(
-        channels=CHANNELS, period_s=PERIOD_S, window=WINDOW, horizon=HORIZON, fail_horizon=600,
+        channels=CHANNELS, period_s=period_s, window=WINDOW, horizon=HORIZON, fail_horizon=600,
         normalisation=Normalisation(tuple(_MEAN.tolist()), tuple((_STD * 1.5).tolist())),
         heads=("forecast_mean", "forecast_logvar", "fail_prob"),
         thresholds=Thresholds(warning=0.995, critical=0.999, hysteresis=0.05, dwell=2, cooldown=30),
@@ -297,7 +309,8 @@ def build_models(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) ->
 
 def agent_config(path: Path, *, broker: BenchBroker, model: Path, runtime: str, codec: str,
                  http_port: int, queue_size: int = 10_000, max_assets: int = 10_000,
-                 client_id: str = "bench-agent", checkpoint_s: float = 10.0) -> Path:
+                 client_id: str = "bench-agent", checkpoint_s: float = 10.0,
+                 watch_s: float = 0.0) -> Path:
     if codec == "json":
         sub = 'filter = "plant/+/+"\ntemplate = "plant/{asset}/{channel}"\ncodec = "json"'
     else:
@@ -310,7 +323,7 @@ client_id = "{client_id}"
 [model]
 path = "{model}"
 runtime = "{runtime}"
-watch_interval_s = 0
+watch_interval_s = {watch_s}
 
 [[subscriptions]]
 {sub}
