@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import harness as h  # noqa: E402
-from bench.throughput import (  # noqa: E402
+from bench import harness as h
+from bench.throughput import (
     RiskCapture,
     backlog,
     fmt,
@@ -108,7 +108,7 @@ def live(agent: h.AgentProc, pub: h.RawPublisher, capture: RiskCapture, n: int, 
          rate: float, seconds: float) -> tuple[tuple[float, float, int], int]:
     """Publish at `rate` readings/s for about `seconds` (at least 3 cells); latency quantiles."""
     per_cell_s = n * len(h.CHANNELS) / rate
-    n_cells = max(3, int(round(seconds / per_cell_s)))
+    n_cells = max(3, round(seconds / per_cell_s))
     vals = h.values(n, n_cells, seed=first)
     msgs = list(h.multi_messages(vals, T_EV, first_cell=first))
     packets = pub.packets(msgs, 0)
@@ -153,14 +153,15 @@ def plot(results: list[SizeResult], out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     sizes = [r.assets for r in results]
     axes[0].plot(sizes, [r.readings_per_cpu_s for r in results], "o-")
-    axes[0].set(xscale="log", xlabel="assets", ylabel="readings per CPU-second", title="Saturation throughput")
+    axes[0].set(xscale="log", xlabel="assets", ylabel="readings per CPU-second",
+                title="Saturation throughput")
     axes[0].set_ylim(bottom=0)
     axes[1].plot(sizes, [r.rss_mib for r in results], "o-")
     axes[1].set(xscale="log", xlabel="assets", ylabel="RSS (MiB)", title="Memory with every window full")
     for r in results:
-        loads = sorted(r.latency)
-        axes[2].plot([100 * x for x in loads], [r.latency[x][1] for x in loads], "o-", label=f"{r.assets:,} p99")
-        axes[2].plot([100 * x for x in loads], [r.latency[x][0] for x in loads], "x:", label=f"{r.assets:,} p50")
+        pct = [100 * x for x in sorted(r.latency)]
+        axes[2].plot(pct, [r.latency[x][1] for x in sorted(r.latency)], "o-", label=f"{r.assets:,} p99")
+        axes[2].plot(pct, [r.latency[x][0] for x in sorted(r.latency)], "x:", label=f"{r.assets:,} p50")
     axes[2].set(xlabel="load (% of saturation)", ylabel="reading -> risk (ms)", title="Latency")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
@@ -194,6 +195,15 @@ def main() -> int:
     return report(results, figure, time.monotonic() - started, args.quick)
 
 
+def size_summary(r: SizeResult) -> dict[str, float]:
+    out = {"rss_mib": round(r.rss_mib, 1), "readings_per_s": round(r.readings_per_cpu_s),
+           "readings_per_s_wall": round(r.readings_per_wall_s)}
+    for x in LOADS:
+        out[f"p50_ms_at_{int(100 * x)}pct"] = round(r.latency[x][0], 1)
+        out[f"p99_ms_at_{int(100 * x)}pct"] = round(r.latency[x][1], 1)
+    return out
+
+
 def report(results: list[SizeResult], figure: Path | None, took: float, quick: bool) -> int:
     rows = [("assets", "RSS MiB", "readings/CPU-s", "readings/s (wall)",
              *[f"p50 / p99 ms at {int(100 * x)}%" for x in LOADS])]
@@ -214,12 +224,7 @@ def report(results: list[SizeResult], figure: Path | None, took: float, quick: b
         "kib_per_asset": round(kib, 2),
         "throughput_spread_pct": round(spread, 1),
         "p99_ms_at_70pct": round(p99_70, 1),
-        "sizes": {str(r.assets): {"rss_mib": round(r.rss_mib, 1),
-                                  "readings_per_s": round(r.readings_per_cpu_s),
-                                  "readings_per_s_wall": round(r.readings_per_wall_s),
-                                  **{f"p50_ms_at_{int(100 * x)}pct": round(r.latency[x][0], 1) for x in LOADS},
-                                  **{f"p99_ms_at_{int(100 * x)}pct": round(r.latency[x][1], 1) for x in LOADS}}
-                  for r in results},
+        "sizes": {str(r.assets): size_summary(r) for r in results},
         "quick": quick,
         "bench_seconds": round(took),
     }

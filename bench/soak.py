@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import harness as h  # noqa: E402
+from bench import harness as h
 
 DAY = 86_400.0
 WARMUP = 0.10
@@ -189,7 +189,7 @@ def main() -> int:
     ap.add_argument("--plots", type=Path, help="write soak.png here")
     args = ap.parse_args()
     days = 10.0 if args.quick else args.days
-    n_cells = int(round(days * DAY / args.period_s))
+    n_cells = round(days * DAY / args.period_s)
     if h.CPU_REST in h.cpus():
         os.sched_setaffinity(0, {h.CPU_REST})
     started = time.monotonic()
