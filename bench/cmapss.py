@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
     p.add_argument("--subset", default="FD001", help="FD001, FD002, FD003 or FD004")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default: the preset's lstm)")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn"],
+                   help="recurrent cell (default: the preset's lstm)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RUL head with piecewise-linear target min(RUL, cap) in cells; 0 = none")
     f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
                    help="no forecast heads (then risk comes from the failure head alone)")
-    f.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default lstm)")
+    f.add_argument("--cell", choices=["lstm", "gru", "rnn"], help="recurrent cell (default lstm)")
     f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
     f.add_argument("--smooth", type=_fraction,
                    help="exponential smoothing of the window inside the model, alpha (0: off)")

@@ -135,7 +135,7 @@ def rebuild(path: Path) -> tuple[Forecaster, ModelSpec]:
         fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),  # type: ignore[attr-defined]
         rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),  # type: ignore[attr-defined]
         head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,  # type: ignore[attr-defined]
-        cell={4: "lstm", 3: "gru"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
+        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         model = Forecaster(cfg)
