@@ -27,6 +27,7 @@ from agent.risk import (
     Level,
     LevelMachine,
     SurpriseTracker,
+    anomaly_probability,
     combine,
     surprise_probability,
     top_channels,
@@ -417,7 +418,9 @@ class Pipeline:
                 if per_channel is not None:
                     p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
             p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
-            risk = combine(p_fail, p_surprise, s.combiner)
+            p_anomaly = (anomaly_probability(float(outputs.anomaly_nll[i]), s.anomaly)
+                         if outputs.anomaly_nll is not None and s.anomaly is not None else None)
+            risk = combine(p_fail, p_surprise, s.combiner, p_anomaly)
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
                 continue
@@ -429,6 +432,8 @@ class Pipeline:
                 signals["fail_prob"] = round(p_fail, 6)
             if p_surprise is not None:
                 signals["surprise"] = round(p_surprise, 6)
+            if p_anomaly is not None:
+                signals["anomaly"] = round(p_anomaly, 6)
             # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
             out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals))

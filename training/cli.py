@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
                    help="train this many networks (own seeds) and average them in one file")
+    f.add_argument("--vae", action="store_true", default=None,
+                   help="add an LSTM-VAE anomaly scorer (trained on healthy windows) to the model file; "
+                   "its signal joins the risk (docs/families.md)")
+    f.add_argument("--vae-epochs", type=_positive_int, help="VAE training epochs (default 10)")
+    f.add_argument("--vae-latent", type=_positive_int, help="VAE latent dimensions (default 8)")
     f.add_argument("--layers", type=_positive_int, help="LSTM layers")
     f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
     f.add_argument("--epochs", type=_positive_int)

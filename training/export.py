@@ -11,7 +11,7 @@ import torch
 
 from agent.errors import ModelError
 from agent.spec import METADATA_FILE, ModelSpec
-from training.model import Forecaster, Model, ModelConfig
+from training.model import Forecaster, ModelConfig
 
 PARITY_TOLERANCE = 1e-5
 
@@ -22,7 +22,7 @@ def weights_bytes(model: torch.nn.Module) -> bytes:
     return b"".join(k.encode() + sd[k].detach().cpu().numpy().tobytes() for k in sorted(sd))
 
 
-def export(model: Model, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
+def export(model: torch.nn.Module, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
     """Script the model, check it matches eager on `probe`, and write it with its metadata.
 
     Returns the spec with its content-hash version. Raises ModelError if outputs differ.
@@ -125,6 +125,8 @@ def rebuild(path: Path) -> tuple[Forecaster, ModelSpec]:
     rt = load_model(path, probe=False)
     scripted = rt._module
     sd = {k: v for k, v in scripted.state_dict().items()}  # type: ignore[attr-defined]
+    if any(k.startswith("vae.") for k in sd):
+        raise ModelError(f"{path}: a model file with the VAE anomaly head cannot be rebuilt (nor be ONNX)")
     if any(k.startswith("members.") for k in sd):
         raise ModelError(f"{path}: an ensemble model file cannot be rebuilt as one Forecaster")
     hidden = int(sd["lstm.weight_hh_l0"].shape[1])
