@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "its signal joins the risk (docs/families.md)")
     f.add_argument("--vae-epochs", type=_positive_int, help="VAE training epochs (default 10)")
     f.add_argument("--vae-latent", type=_positive_int, help="VAE latent dimensions (default 8)")
+    f.add_argument("--augment", choices=["none", "gan"],
+                   help="gan: a recurrent WGAN-GP trained on the training split's pre-failure windows adds "
+                   "synthetic positives for the failure head (default none; docs/families.md)")
+    f.add_argument("--gan-steps", type=_positive_int, help="GAN generator updates (default 400)")
+    f.add_argument("--gan-factor", type=_positive_float,
+                   help="synthetic windows per real pre-failure training window (default 2)")
     f.add_argument("--layers", type=_positive_int, help="LSTM layers")
     f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
     f.add_argument("--epochs", type=_positive_int)
@@ -142,7 +148,8 @@ def _fit(args: argparse.Namespace) -> int:
         extra["onnx"] = str(export_onnx_beside(args.out)[0])
     print(json.dumps({"model": str(args.out), **extra, "version": spec.version, "heads": list(spec.heads),
                       "validation": summary["validation"], "thresholds": summary["thresholds"],
-                      **({"test": summary["test"]} if "test" in summary else {})}))
+                      **({"test": summary["test"]} if "test" in summary else {}),
+                      **({"augment": summary["augment"]} if "augment" in summary else {})}))
     return 0
 
 

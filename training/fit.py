@@ -25,6 +25,7 @@ from training import calibrate as cal
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
+from training.gan import GanConfig, diversity, pre_failure, train_gan, with_synthetic
 from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
@@ -83,6 +84,10 @@ class FitOptions:
     vae_latent: int = 8
     vae_epochs: int = 10
     vae_beta: float = 1.0
+    # GAN augmentation of the failure head's positives (docs/families.md): "none" or "gan".
+    augment: str = "none"
+    gan_steps: int = 400
+    gan_factor: float = 2.0               # synthetic windows per real pre-failure training window
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -159,6 +164,12 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     regime_idx = tuple(history.channels.index(c) for c in opts.regime_channels)
     norm = fit_normalisation(p.train, regime_idx, opts.n_regimes, opts.scaling, opts.seed)
     train_data, val_data = p.train.inputs(norm), p.val.inputs(norm)
+    if opts.augment not in ("none", "gan"):
+        raise ValueError(f"augment must be none or gan, got {opts.augment!r}")
+    augment: dict[str, Any] = {}
+    if opts.augment == "gan":
+        # Only the training split goes in: validation and test assets never reach the generator.
+        train_data, augment = _gan_augment(opts, train_data)
     has_fail = bool(p.train.fail.sum() > 0 and p.val.fail.sum() > 0)
     has_rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
     has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
@@ -202,7 +213,9 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     heads = spec.heads
     val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
-    spec = replace(spec, metrics=flat(val_metrics))
+    gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
+                   if k in ("windows", "spread_ratio", "nn_ratio")}
+    spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics})
     probe = val_data.x(np.arange(min(len(p.val), 64)))
     served: torch.nn.Module = model if vae is None else WithAnomaly(model, vae)
     spec = export(served, spec, probe, opts.out)
@@ -219,6 +232,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(served),
         **({"vae": vae_summary} if vae is not None else {}),
+        **({"augment": augment} if augment else {}),
         "model_config": asdict(mcfg), "curve": result.curve,
     }
     if len(p.test):
@@ -275,6 +289,23 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         rul_cap=float(model.rul_cap) if model.has_rul else 0.0, anomaly=anomaly_stats)
     return spec, pred
+
+
+def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str, Any]]:
+    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives."""
+    real, sources = pre_failure(train_data)
+    if len(real) < 2:
+        raise ValueError("--augment gan needs failures in the training assets (pre-failure windows)")
+    t0 = time.monotonic()
+    gan = train_gan(real, GanConfig(steps=opts.gan_steps, seed=opts.seed))
+    synthetic = gan.sample(round(opts.gan_factor * len(real)), seed=opts.seed + 1)
+    div = diversity(synthetic, real, opts.seed)
+    return with_synthetic(train_data, synthetic), {
+        "method": "wgan-gp", "real_windows": len(real), "windows": len(synthetic),
+        "source_assets": list(sources), "steps": opts.gan_steps, "seconds": round(time.monotonic() - t0, 1),
+        "real_spread": round(div.real_spread, 4), "generated_spread": round(div.generated_spread, 4),
+        "spread_ratio": round(div.spread_ratio, 4), "nn_ratio": round(div.nn_ratio, 4),
+        "collapsed": div.collapsed, "final_critic_loss": round(gan.critic_loss[-1], 4)}
 
 
 def _healthy_margin(opts: FitOptions) -> float:

@@ -61,7 +61,7 @@ class TestTerms:
 
     def test_cell_nll_is_the_gaussian_negative_log_likelihood(self) -> None:
         x, mean, logvar = torch.tensor([1.5]), torch.tensor([0.5]), torch.tensor([math.log(2.0)])
-        want = -torch.distributions.Normal(0.5, math.sqrt(2.0)).log_prob(torch.tensor(1.5))
+        want = -torch.distributions.Normal(0.5, math.sqrt(2.0)).log_prob(torch.tensor(1.5))  # type: ignore[no-untyped-call]
         assert float(cell_nll(mean, logvar, x)[0]) == pytest.approx(float(want), rel=1e-6)
 
     def test_terms_and_score_are_per_window(self) -> None:
