@@ -256,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the Markdown table here")
     p.add_argument("--rows", type=Path,
                    help="append each finished fit's row here as JSON lines (partial results)")
+    p.add_argument("--from-rows", type=Path,
+                   help="no fits: the table and JSON from a --rows file of an earlier (even partial) run")
     args = p.parse_args(argv)
+    if args.from_rows is not None:
+        rows = [json.loads(line) for line in args.from_rows.read_text().splitlines() if line.strip()]
+        agg = aggregate(rows)
+        print(table(agg, [d for d in DATASETS if any(r["dataset"] == d for r in rows)]))
+        print(json.dumps(agg))
+        return 0
     datasets = [d for d in args.datasets.split(",") if d]
     variants = [v for v in args.variants.split(",") if v]
     bad = [d for d in datasets if d not in DATASETS] + [v for v in variants if v not in VARIANTS]
