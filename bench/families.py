@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs += [Job("cmapss", v, s, args.data / "train_FD001.txt", None, args.data / "test_FD001.txt",
                          args.data / "RUL_FD001.txt", work, args.quick)
                      for v in variants for s in range(args.seeds)]
-        # Longest first (C-MAPSS fits), so the last wave is not one long job alone.
-        jobs.sort(key=lambda j: j.dataset != "cmapss")
+        # Longest first (C-MAPSS, then the variants that train a second network), so the last
+        # wave is not one long job alone.
+        jobs.sort(key=lambda j: (j.dataset != "cmapss", j.variant not in ("lstm+vae", "lstm+gan")))
         rows: list[dict[str, Any]] = []
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(run_job, j): j for j in jobs}

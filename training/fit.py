@@ -323,7 +323,7 @@ def _fit_vae(opts: FitOptions, train_data: Inputs, val_data: Inputs) -> tuple[Ls
     vae = LstmVae(VaeConfig(n_channels=train_data.ws.cells.shape[1], hidden=opts.vae_hidden,
                             latent=opts.vae_latent))
     res = train_vae(vae, train_data, tr_idx, val_data, va_idx, VaeTrainConfig(
-        epochs=opts.vae_epochs, windows_per_epoch=min(opts.windows_per_epoch, 40_000),
+        epochs=opts.vae_epochs, windows_per_epoch=min(opts.windows_per_epoch, 20_000),
         batch_size=opts.batch_size, beta=opts.vae_beta, seed=opts.seed, progress=opts.progress))
     return vae, {"train_windows": res.train_windows, "val_windows": len(va_idx),
                  "best_epoch": res.best_epoch, "best_val_neg_elbo": round(res.best_score, 4),
