@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="no fits: the table and JSON from a --rows file of an earlier (even partial) run")
     args = p.parse_args(argv)
     if args.from_rows is not None:
-        rows = [json.loads(line) for line in args.from_rows.read_text().splitlines() if line.strip()]
-        agg = aggregate(rows)
-        print(table(agg, [d for d in DATASETS if any(r["dataset"] == d for r in rows)]))
+        done = [json.loads(line) for line in args.from_rows.read_text().splitlines() if line.strip()]
+        agg = aggregate(done)
+        print(table(agg, [d for d in DATASETS if any(r["dataset"] == d for r in done)]))
         print(json.dumps(agg))
         return 0
     datasets = [d for d in args.datasets.split(",") if d]

@@ -141,3 +141,11 @@ def test_fit_with_vae(small_history: tuple[Path, Path], tmp_path: Path) -> None:
     assert spec.combiner.w_anomaly >= 0.0
     assert "anomaly_pr_auc" in summary["validation"]
     assert load_model(tmp_path / "v.pt").infer(np.zeros((2, 12, 5), dtype=np.float32)).anomaly_nll is not None
+
+
+def test_fit_with_vae_on_a_history_without_failures(small_history: tuple[Path, Path], tmp_path: Path) -> None:
+    """No failure labels: the VAE still serves, its signal joins surprise with unit weight."""
+    opts = replace(tiny_options(small_history, tmp_path / "h.pt"), events=None, vae=True, vae_epochs=1)
+    spec, _ = fit(opts)
+    assert "fail_prob" not in spec.heads and {"forecast_mean", "anomaly_nll"} <= set(spec.heads)
+    assert spec.combiner == Combiner(0.0, 1.0, 0.0, 1.0)
