@@ -102,7 +102,8 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
              "| model | test RMSE | NASA score |", "|---|---:|---:|"]
     if args.subset == "FD001":
         lines += [f"| {name} | {r:.2f} | {s:.1f} |" for name, r, s in ANCHORS]
-    lines.append(f"| **Vigil LSTM, mean of {len(rows)} seeds** | "
+    cell = (args.cell or "lstm").upper()
+    lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "
                  f"**{agg['rmse']:.2f} ± {agg['rmse_sd']:.2f}** | "
                  f"**{agg['score']:.1f} ± {agg['score_sd']:.1f}** |")
     lines += ["", "| seed | test RMSE | NASA score | val RMSE (all windows, capped) | epochs (best) "

@@ -138,8 +138,6 @@ def _fit(args: argparse.Namespace) -> int:
     opts = fit_options(args)
     if opts.resume and opts.checkpoint is None:
         raise ValueError("--resume needs --checkpoint")
-    if args.onnx and opts.vae:
-        raise ValueError("--onnx cannot carry the VAE anomaly head yet; leave out --vae or --onnx")
     if args.onnx:
         _require_onnx()  # before training, not after
     spec, summary = fit(opts)

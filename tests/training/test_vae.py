@@ -121,6 +121,28 @@ def test_model_file_with_the_vae_serves_anomaly_nll(tmp_path: Path) -> None:
     assert rt.spec.anomaly == spec.anomaly and rt.spec.combiner.w_anomaly == 0.7
 
 
+def test_model_file_with_the_vae_rebuilds_and_exports_to_onnx(tmp_path: Path) -> None:
+    """`export_onnx_beside` rebuilds forecaster and VAE from the .pt file; ONNX Runtime serves anomaly_nll."""
+    pytest.importorskip("onnxruntime")
+    from agent.runtime_onnx import load_onnx
+    from training.export import export_onnx_beside, rebuild
+
+    torch.manual_seed(0)
+    base = Forecaster(ModelConfig(n_channels=3, horizon=2, hidden=8, cell="gru"))
+    served = WithAnomaly(base, LstmVae(VaeConfig(n_channels=3, hidden=8, latent=2)))
+    x = np.random.default_rng(0).normal(size=(4, 8, 3)).astype(np.float32)
+    spec = replace(make_spec(), heads=("forecast_mean", "forecast_logvar", "fail_prob", "anomaly_nll"),
+                   anomaly=AnomalyStats(tuple(np.linspace(0.0, 3.0, 11))))
+    export(served, spec, x, tmp_path / "m.pt")
+    again, _ = rebuild(tmp_path / "m.pt")
+    assert isinstance(again, WithAnomaly) and again.vae.config.latent == 2
+    out, onnx_spec = export_onnx_beside(tmp_path / "m.pt")
+    assert onnx_spec.version == load_model(tmp_path / "m.pt").spec.version
+    a, b = load_model(tmp_path / "m.pt").infer(x), load_onnx(out).infer(x)
+    assert a.anomaly_nll is not None and b.anomaly_nll is not None
+    np.testing.assert_allclose(b.anomaly_nll, a.anomaly_nll, atol=1e-5)
+
+
 def test_spec_without_anomaly_fields_still_loads() -> None:
     """Files written before the VAE (no `anomaly`, no `w_anomaly`) load with the signal off."""
     import json
