@@ -27,6 +27,7 @@ from agent.risk import (
     Level,
     LevelMachine,
     SurpriseTracker,
+    anomaly_probability,
     combine,
     surprise_probability,
     top_channels,
@@ -419,7 +420,9 @@ class Pipeline:
             p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
             # Remaining useful life in seconds of event time (the head predicts grid cells).
             rul = round(float(outputs.rul[i]) * s.period_s, 1) if outputs.rul is not None else None
-            risk = combine(p_fail, p_surprise, s.combiner)
+            p_anomaly = (anomaly_probability(float(outputs.anomaly_nll[i]), s.anomaly)
+                         if outputs.anomaly_nll is not None and s.anomaly is not None else None)
+            risk = combine(p_fail, p_surprise, s.combiner, p_anomaly)
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
                 continue
@@ -431,6 +434,8 @@ class Pipeline:
                 signals["fail_prob"] = round(p_fail, 6)
             if p_surprise is not None:
                 signals["surprise"] = round(p_surprise, 6)
+            if p_anomaly is not None:
+                signals["anomaly"] = round(p_anomaly, 6)
             # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
             out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals, rul))

@@ -14,7 +14,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from agent.spec import Combiner, SurpriseStats, Thresholds
+from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
 
 FloatArray = npt.NDArray[np.float64]
 _EPS = 1e-6
@@ -79,18 +79,27 @@ def surprise_probability(score: float, stats: SurpriseStats) -> float:
     return float(np.interp(score, q, probs, left=0.0, right=1.0))
 
 
+def anomaly_probability(score: float, stats: AnomalyStats) -> float:
+    """Where a VAE anomaly score falls among healthy validation windows (empirical CDF), in [0, 1]."""
+    q = np.asarray(stats.quantiles)
+    return float(np.interp(score, q, np.linspace(0.0, 1.0, len(q)), left=0.0, right=1.0))
+
+
 def _logit(p: float) -> float:
     p = min(max(p, _EPS), 1 - _EPS)
     return math.log(p / (1 - p))
 
 
-def combine(fail_prob: float | None, p_surprise: float | None, c: Combiner) -> float:
-    """Risk from the failure probability and the surprise probability (either may be absent)."""
+def combine(fail_prob: float | None, p_surprise: float | None, c: Combiner,
+            p_anomaly: float | None = None) -> float:
+    """Risk from the failure, surprise and anomaly probabilities (any may be absent)."""
     z = c.bias
     if fail_prob is not None:
         z += c.w_fail * _logit(fail_prob)
     if p_surprise is not None:
         z += c.w_surprise * _logit(p_surprise)
+    if p_anomaly is not None:
+        z += c.w_anomaly * _logit(p_anomaly)
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 

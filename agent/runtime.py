@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from agent.config import ModelConfig
 from agent.errors import ModelError
-from agent.spec import METADATA_FILE, ModelSpec
+from agent.spec import KNOWN_HEADS, METADATA_FILE, ModelSpec
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -35,6 +35,7 @@ class Outputs:
     forecast_logvar: FloatArray | None = None
     fail_prob: FloatArray | None = None
     rul: FloatArray | None = None
+    anomaly_nll: FloatArray | None = None
 
 
 def bucket(n: int) -> int:
@@ -108,7 +109,7 @@ class TorchScriptRuntime:
         with torch.inference_mode():
             out = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))  # type: ignore[operator]
         got = {k: v.numpy() for k, v in out.items()}
-        return Outputs(**{k: got.get(k) for k in ("forecast_mean", "forecast_logvar", "fail_prob", "rul")})
+        return Outputs(**{k: got.get(k) for k in KNOWN_HEADS})
 
 
 def load_runtime(model: ModelConfig, expected: Expected | None = None, *, probe: bool = True) -> Runtime:
@@ -194,7 +195,8 @@ def probe_runtime(rt: Runtime, path: Path) -> None:
     except Exception as exc:
         raise ModelError(f"model file {path}: forward pass failed: {exc}") from exc
     shapes = {"forecast_mean": (2, s.horizon, s.n_channels),
-              "forecast_logvar": (2, s.horizon, s.n_channels), "fail_prob": (2,), "rul": (2,)}
+              "forecast_logvar": (2, s.horizon, s.n_channels), "fail_prob": (2,), "rul": (2,),
+              "anomaly_nll": (2,)}
     for head in s.heads:
         arr = getattr(out, head)
         if arr is None:

@@ -16,7 +16,7 @@ from agent.names import valid_name
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "vigil.json"
-KNOWN_HEADS = ("forecast_mean", "forecast_logvar", "fail_prob", "rul")
+KNOWN_HEADS = ("forecast_mean", "forecast_logvar", "fail_prob", "rul", "anomaly_nll")
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,25 @@ class SurpriseStats:
 
 
 @dataclass(frozen=True)
+class AnomalyStats:
+    """How the VAE's anomaly score (`anomaly_nll`, negative reconstruction log-likelihood per
+    cell) becomes a probability: its quantiles on healthy validation windows at evenly spaced
+    probabilities 0..1 (an empirical CDF), as for surprise. Only models with the head carry it."""
+
+    quantiles: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Combiner:
-    """Logistic combination of the two signals: sigmoid(w_fail*logit(pf) + w_surprise*logit(ps) + bias)."""
+    """Logistic combination of the signals:
+    sigmoid(w_fail*logit(pf) + w_surprise*logit(ps) + w_anomaly*logit(pa) + bias).
+
+    `w_anomaly` defaults to 0, so files written before the anomaly signal load unchanged."""
 
     w_fail: float
     w_surprise: float
     bias: float
+    w_anomaly: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,8 @@ class ModelSpec:
     metrics: dict[str, float] = field(default_factory=dict)
     # The `rul` head's plateau in grid cells: it predicts min(cells to failure, rul_cap).
     rul_cap: float = 0.0
+    # The `anomaly_nll` head's healthy distribution (None: no such head; older files).
+    anomaly: AnomalyStats | None = None
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -208,6 +223,11 @@ def _problems(s: ModelSpec) -> list[str]:
         out.append("thresholds need 0 < warning <= critical <= 1")
     if t.dwell < 1 or t.cooldown < 0 or not 0 <= t.hysteresis < t.warning:
         out.append("thresholds need dwell >= 1, cooldown >= 0, 0 <= hysteresis < warning")
+    if ("anomaly_nll" in s.heads) != (s.anomaly is not None):
+        out.append("a model with an anomaly_nll head needs anomaly statistics, and only such a model")
+    elif s.anomaly is not None and (len(s.anomaly.quantiles) < 2 or any(
+            b < a for a, b in zip(s.anomaly.quantiles, s.anomaly.quantiles[1:], strict=False))):
+        out.append("anomaly quantiles must be >= 2 non-decreasing values")
     q = s.surprise.quantiles
     if len(q) < 2 or any(b < a for a, b in zip(q, q[1:], strict=False)):
         out.append("surprise quantiles must be >= 2 non-decreasing values")

@@ -102,7 +102,8 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
              "| model | test RMSE | NASA score |", "|---|---:|---:|"]
     if args.subset == "FD001":
         lines += [f"| {name} | {r:.2f} | {s:.1f} |" for name, r, s in ANCHORS]
-    lines.append(f"| **Vigil LSTM, mean of {len(rows)} seeds** | "
+    cell = (args.cell or "lstm").upper()
+    lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "
                  f"**{agg['rmse']:.2f} ± {agg['rmse_sd']:.2f}** | "
                  f"**{agg['score']:.1f} ± {agg['score_sd']:.1f}** |")
     lines += ["", "| seed | test RMSE | NASA score | val RMSE (all windows, capped) | epochs (best) "
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
     p.add_argument("--subset", default="FD001", help="FD001, FD002, FD003 or FD004")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default: the preset's lstm)")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn"],
+                   help="recurrent cell (default: the preset's lstm)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -7,14 +7,21 @@ the surprise EWMA over consecutive windows, the combination, and the level machi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from agent.risk import Level, LevelMachine, SurpriseTracker, combine, surprise_probability
-from agent.spec import Combiner, SurpriseStats, Thresholds
+from agent.risk import (
+    Level,
+    LevelMachine,
+    SurpriseTracker,
+    anomaly_probability,
+    combine,
+    surprise_probability,
+)
+from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
 from training.labels import Inputs, WindowSet
 from training.model import Model
 
@@ -32,6 +39,8 @@ class Predictions:
     logit: npt.NDArray[np.float32]    # [N]
     tail: npt.NDArray[np.float32]     # [N, H, C] the newest H normalised cells of each window
     rul: npt.NDArray[np.float32]      # [N] predicted RUL in cells (zeros without the head)
+    # [N] the VAE's anomaly score (empty without the head)
+    anomaly: npt.NDArray[np.float32] = field(default_factory=lambda: np.empty(0, dtype=np.float32))
 
 
 def predict(model: Model, data: Inputs, batch: int = 2048) -> Predictions:
@@ -50,12 +59,12 @@ def predict(model: Model, data: Inputs, batch: int = 2048) -> Predictions:
 
 
 def join(parts: list[tuple[np.ndarray, ...]], h: int, c: int) -> Predictions:
-    """Batches of (mean, logvar, logit, tail, rul) into one Predictions."""
+    """Batches of (mean, logvar, logit, tail, rul[, anomaly]) into one Predictions."""
     if not parts:
         e = np.empty((0, h, c), dtype=np.float32)
         z = np.empty(0, dtype=np.float32)
         return Predictions(e, e, z, e, z)
-    return Predictions(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
+    return Predictions(*(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))))
 
 
 def fit_temperature(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float32]) -> float:
@@ -93,6 +102,19 @@ def fit_surprise(scores: FloatArray, healthy: npt.NDArray[np.bool_], alpha: floa
     return SurpriseStats(alpha, tuple(float(v) for v in np.maximum.accumulate(q)))
 
 
+def fit_anomaly(scores: npt.NDArray[np.float32], healthy: npt.NDArray[np.bool_]) -> AnomalyStats:
+    """The healthy distribution of the VAE's anomaly score, as quantiles."""
+    ok = healthy & np.isfinite(scores)
+    if ok.sum() < 10:
+        raise ValueError("too few healthy validation windows to calibrate the anomaly score (need >= 10)")
+    q = np.quantile(scores[ok].astype(np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
+    return AnomalyStats(tuple(float(v) for v in np.maximum.accumulate(q)))
+
+
+def anomaly_probabilities(scores: npt.NDArray[np.float32], stats: AnomalyStats) -> FloatArray:
+    return np.array([anomaly_probability(float(s), stats) for s in scores])
+
+
 def fail_probabilities(logits: npt.NDArray[np.float32], temperature: float) -> FloatArray:
     return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature)))
 
@@ -101,23 +123,26 @@ def surprise_probabilities(scores: FloatArray, stats: SurpriseStats) -> FloatArr
     return np.array([surprise_probability(s, stats) if np.isfinite(s) else np.nan for s in scores])
 
 
-def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.NDArray[np.float32]
-                 ) -> Combiner:
-    """Logistic regression of the failure label on the logits of both signals.
+def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.NDArray[np.float32],
+                 p_anomaly: FloatArray | None = None) -> Combiner:
+    """Logistic regression of the failure label on the logits of the signals.
 
-    Weights are kept non-negative: more surprise or a higher failure probability never
-    lowers risk. Without failure labels, risk is the surprise probability itself.
+    Weights are kept non-negative: more surprise, anomaly or a higher failure probability
+    never lowers risk. Without failure labels nothing can be fitted: risk is the surprise
+    probability itself, or with a VAE the naive-Bayes sum of the surprise and anomaly logits
+    (both unit weight; thresholds are then set on that risk's healthy distribution).
     """
     if p_fail is None or labels.min() == labels.max():
-        return Combiner(0.0, 1.0, 0.0)
+        return Combiner(0.0, 1.0, 0.0, 1.0 if p_anomaly is not None else 0.0)
 
     def logit(p: FloatArray) -> FloatArray:
         p = np.clip(np.nan_to_num(p, nan=0.5), 1e-6, 1 - 1e-6)
         return np.asarray(np.log(p / (1 - p)))
 
-    feats = torch.from_numpy(np.stack([logit(p_fail), logit(p_surprise)], axis=1))
+    cols = [logit(p_fail), logit(p_surprise)] + ([logit(p_anomaly)] if p_anomaly is not None else [])
+    feats = torch.from_numpy(np.stack(cols, axis=1))
     y = torch.from_numpy(labels.astype(np.float64))
-    raw_w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    raw_w = torch.zeros(len(cols), dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([raw_w, bias], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -131,15 +156,18 @@ def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.
 
     opt.step(closure)
     w = torch.nn.functional.softplus(raw_w).detach().numpy()
-    return Combiner(float(w[0]), float(w[1]), float(bias.detach()[0]))
+    return Combiner(float(w[0]), float(w[1]), float(bias.detach()[0]),
+                    float(w[2]) if p_anomaly is not None else 0.0)
 
 
-def risks(p_fail: FloatArray | None, p_surprise: FloatArray, c: Combiner) -> FloatArray:
+def risks(p_fail: FloatArray | None, p_surprise: FloatArray, c: Combiner,
+          p_anomaly: FloatArray | None = None) -> FloatArray:
     """The agent's risk for each window."""
     n = len(p_surprise)
     return np.array([
         combine(None if p_fail is None else float(p_fail[i]),
-                None if not np.isfinite(p_surprise[i]) else float(p_surprise[i]), c)
+                None if not np.isfinite(p_surprise[i]) else float(p_surprise[i]), c,
+                None if p_anomaly is None else float(p_anomaly[i]))
         for i in range(n)])
 
 

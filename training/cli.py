@@ -65,12 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RUL head with piecewise-linear target min(RUL, cap) in cells; 0 = none")
     f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
                    help="no forecast heads (then risk comes from the failure head alone)")
-    f.add_argument("--cell", choices=["lstm", "gru"], help="recurrent cell (default lstm)")
+    f.add_argument("--cell", choices=["lstm", "gru", "rnn"], help="recurrent cell (default lstm)")
     f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
     f.add_argument("--smooth", type=_fraction,
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
                    help="train this many networks (own seeds) and average them in one file")
+    f.add_argument("--vae", action="store_true", default=None,
+                   help="add an LSTM-VAE anomaly scorer (trained on healthy windows) to the model file; "
+                   "its signal joins the risk (docs/families.md)")
+    f.add_argument("--vae-epochs", type=_positive_int, help="VAE training epochs (default 10)")
+    f.add_argument("--vae-latent", type=_positive_int, help="VAE latent dimensions (default 8)")
+    f.add_argument("--augment", choices=["none", "gan"],
+                   help="gan: a recurrent WGAN-GP trained on the training split's pre-failure windows adds "
+                   "synthetic positives for the failure head (default none; docs/families.md)")
+    f.add_argument("--gan-steps", type=_positive_int, help="GAN generator updates (default 400)")
+    f.add_argument("--gan-factor", type=_positive_float,
+                   help="synthetic windows per real pre-failure training window (default 2)")
     f.add_argument("--layers", type=_positive_int, help="LSTM layers")
     f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
     f.add_argument("--epochs", type=_positive_int)
@@ -137,7 +148,8 @@ def _fit(args: argparse.Namespace) -> int:
         extra["onnx"] = str(export_onnx_beside(args.out)[0])
     print(json.dumps({"model": str(args.out), **extra, "version": spec.version, "heads": list(spec.heads),
                       "validation": summary["validation"], "thresholds": summary["thresholds"],
-                      **({"test": summary["test"]} if "test" in summary else {})}))
+                      **({"test": summary["test"]} if "test" in summary else {}),
+                      **({"augment": summary["augment"]} if "augment" in summary else {})}))
     return 0
 
 

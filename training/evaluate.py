@@ -41,6 +41,7 @@ class Scored:
     forecast_nll: float
     forecast_rmse: dict[str, float]
     rul: FloatArray | None
+    p_anomaly: FloatArray | None = None  # the VAE signal, when the model has it
 
 
 def failure_cells(ws: WindowSet, events: list[Event], period_s: float) -> dict[int, list[int]]:
@@ -64,7 +65,9 @@ def score(pred: Predictions, temperature: float, spec: ModelSpec, data: Inputs,
     else:
         ps = np.full(len(ws), np.nan)
     pf = cal.fail_probabilities(pred.logit, temperature) if "fail_prob" in spec.heads else None
-    risk = cal.risks(pf, ps, spec.combiner)
+    pa = (cal.anomaly_probabilities(pred.anomaly, spec.anomaly)
+          if spec.anomaly is not None and len(pred.anomaly) == len(ws) else None)
+    risk = cal.risks(pf, ps, spec.combiner, pa)
     fc = failure_cells(ws, events, spec.period_s)
     alerts = cal.replay_levels(ws, risk, spec.thresholds, spec.period_s, spec.fail_horizon, fc)
     nll, per_channel = float("nan"), {}
@@ -75,7 +78,7 @@ def score(pred: Predictions, temperature: float, spec: ModelSpec, data: Inputs,
         rmse = np.sqrt(((y - mean) ** 2).mean(axis=(0, 1)))
         per_channel = {c: round(float(v), 4) for c, v in zip(spec.channels, rmse, strict=True)}
     rul = pred.rul.astype(np.float64) if "rul" in spec.heads else None
-    return Scored(pf, ps, risk, alerts, nll, per_channel, rul)
+    return Scored(pf, ps, risk, alerts, nll, per_channel, rul, pa)
 
 
 def nasa_score(pred: npt.ArrayLike, true: npt.ArrayLike) -> float:
@@ -126,6 +129,8 @@ def metrics_of(s: Scored, ws: WindowSet, spec: ModelSpec) -> dict[str, Any]:
     if s.p_fail is not None and ws.fail.sum() > 0:
         out["fail_pr_auc"] = round(cal.pr_auc(s.p_fail, ws.fail), 4)
         out["risk_pr_auc"] = round(cal.pr_auc(s.risk, ws.fail), 4)
+    if s.p_anomaly is not None and ws.fail.sum() > 0:
+        out["anomaly_pr_auc"] = round(cal.pr_auc(s.p_anomaly, ws.fail), 4)
     if s.rul is not None:
         out.update(rul_metrics(s.rul, ws, spec.rul_cap))
     if s.forecast_rmse:
@@ -152,9 +157,10 @@ def predict_runtime(rt: Runtime, data: Inputs, batch: int = 2048) -> Predictions
         p = np.clip(out.fail_prob, 1e-7, 1 - 1e-7) if out.fail_prob is not None else np.full(b, 0.5)
         logit = np.log(p / (1 - p)).astype(np.float32)
         rul = out.rul if out.rul is not None else np.zeros(b, dtype=np.float32)
+        anomaly = out.anomaly_nll if out.anomaly_nll is not None else np.full(b, np.nan, dtype=np.float32)
         parts.append((out.forecast_mean if out.forecast_mean is not None else empty,
                       out.forecast_logvar if out.forecast_logvar is not None else empty,
-                      logit, x[:, -spec.horizon:, :], rul))
+                      logit, x[:, -spec.horizon:, :], rul, anomaly))
     return cal.join(parts, spec.horizon, spec.n_channels)
 
 

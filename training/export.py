@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from agent.errors import ModelError
 from agent.spec import METADATA_FILE, ModelSpec
-from training.model import Forecaster, Model, ModelConfig
+from training.model import Forecaster, ModelConfig
+from training.vae import LstmVae, VaeConfig, WithAnomaly
 
 PARITY_TOLERANCE = 1e-5
 
@@ -22,7 +24,7 @@ def weights_bytes(model: torch.nn.Module) -> bytes:
     return b"".join(k.encode() + sd[k].detach().cpu().numpy().tobytes() for k in sorted(sd))
 
 
-def export(model: Model, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
+def export(model: torch.nn.Module, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
     """Script the model, check it matches eager on `probe`, and write it with its metadata.
 
     Returns the spec with its content-hash version. Raises ModelError if outputs differ.
@@ -54,7 +56,7 @@ def export(model: Model, spec: ModelSpec, probe: np.ndarray, path: Path) -> Mode
 ONNX_OPSET = 18
 
 
-def export_onnx(model: Forecaster, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
+def export_onnx(model: torch.nn.Module, spec: ModelSpec, probe: np.ndarray, path: Path) -> ModelSpec:
     """Export the same model to ONNX (dynamic batch axis), checked against eager, metadata inside.
 
     The metadata is the same JSON as in the TorchScript file, stored in the ONNX model's
@@ -114,8 +116,9 @@ def export_onnx(model: Forecaster, spec: ModelSpec, probe: np.ndarray, path: Pat
     return spec
 
 
-def rebuild(path: Path) -> tuple[Forecaster, ModelSpec]:
-    """The eager model and spec of a TorchScript model file: its weights in a fresh Forecaster.
+def rebuild(path: Path) -> tuple[Forecaster | WithAnomaly, ModelSpec]:
+    """The eager model and spec of a TorchScript model file: its weights in a fresh Forecaster
+    (inside a `WithAnomaly` beside a fresh LSTM-VAE when the file has the anomaly head).
 
     The constructor arguments are read back from the weights' shapes and the scripted
     attributes; the rebuilt model is checked to give the scripted model's outputs.
@@ -123,33 +126,48 @@ def rebuild(path: Path) -> tuple[Forecaster, ModelSpec]:
     from agent.runtime import load_model
 
     rt = load_model(path, probe=False)
-    scripted = rt._module
-    sd = {k: v for k, v in scripted.state_dict().items()}  # type: ignore[attr-defined]
-    if any(k.startswith("members.") for k in sd):
+    scripted: Any = rt._module
+    sd = {k: v for k, v in scripted.state_dict().items()}
+    if any(k.startswith(("members.", "base.members.")) for k in sd):
         raise ModelError(f"{path}: an ensemble model file cannot be rebuilt as one Forecaster")
-    hidden = int(sd["lstm.weight_hh_l0"].shape[1])
-    gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
-    cfg = ModelConfig(
-        n_channels=rt.spec.n_channels, horizon=int(scripted.horizon), hidden=hidden,  # type: ignore[attr-defined]
-        layers=sum(1 for k in sd if k.startswith("lstm.weight_ih_l") and not k.endswith("_reverse")),
-        fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),  # type: ignore[attr-defined]
-        rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),  # type: ignore[attr-defined]
-        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,  # type: ignore[attr-defined]
-        cell={4: "lstm", 3: "gru"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
+    model: Forecaster | WithAnomaly
+    n = rt.spec.n_channels
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        model = Forecaster(cfg)
+        if any(k.startswith("vae.") for k in sd):
+            base = Forecaster(_forecaster_config(scripted.base, _under(sd, "base."), n))
+            vae = LstmVae(VaeConfig(n_channels=n, hidden=int(sd["vae.encoder.weight_hh_l0"].shape[1]),
+                                    latent=int(sd["vae.to_state.weight"].shape[1])))
+            model = WithAnomaly(base, vae)
+        else:
+            model = Forecaster(_forecaster_config(scripted, sd, n))
     model.load_state_dict(sd)
     model.eval()
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, rt.spec.window, rt.spec.n_channels))
-                         .astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, rt.spec.window, n)).astype(np.float32))
     with torch.no_grad():
-        eager, script = model(x), scripted(x)  # type: ignore[operator]
+        eager, script = model(x), scripted(x)
     for key, val in eager.items():
         diff = float((val - script[key]).abs().max())
         if not diff <= PARITY_TOLERANCE:
             raise ModelError(f"{path}: rebuilt model differs from the scripted one on {key!r} by {diff:.2e}")
     return model, rt.spec
+
+
+def _under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: int) -> ModelConfig:
+    """A scripted Forecaster's constructor arguments, from its attributes and weight shapes."""
+    hidden = int(sd["lstm.weight_hh_l0"].shape[1])
+    gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
+    return ModelConfig(
+        n_channels=n_channels, horizon=int(scripted.horizon), hidden=hidden,
+        layers=sum(1 for k in sd if k.startswith("lstm.weight_ih_l") and not k.endswith("_reverse")),
+        fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
+        rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
+        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
+        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
 
 
 def export_onnx_beside(path: Path, probe_size: int = 64) -> tuple[Path, ModelSpec]:

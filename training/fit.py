@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from agent.runtime import load_model
@@ -24,10 +25,13 @@ from training import calibrate as cal
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
+from training.gan import GanConfig, diversity, pre_failure, train_gan, with_synthetic
 from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.train import TrainConfig, TrainResult, seed_everything, train
+from training.vae import LstmVae, VaeConfig, VaeTrainConfig, WithAnomaly, healthy_mask, train_vae
+from training.vae import scores as vae_scores
 
 # Without forecast heads there is no surprise signal; the spec still needs a valid placeholder.
 NO_SURPRISE = SurpriseStats(1.0, (0.0, 1.0))
@@ -74,6 +78,16 @@ class FitOptions:
     test_fraction: float = 0.0
     false_alarms_per_30_days: float = 1.0
     surprise_alpha: float = 0.1
+    # LSTM-VAE anomaly scorer beside the forecaster, in the same file (docs/families.md).
+    vae: bool = False
+    vae_hidden: int = 32
+    vae_latent: int = 8
+    vae_epochs: int = 10
+    vae_beta: float = 1.0
+    # GAN augmentation of the failure head's positives (docs/families.md): "none" or "gan".
+    augment: str = "none"
+    gan_steps: int = 400
+    gan_factor: float = 2.0               # synthetic windows per real pre-failure training window
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -150,6 +164,12 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     regime_idx = tuple(history.channels.index(c) for c in opts.regime_channels)
     norm = fit_normalisation(p.train, regime_idx, opts.n_regimes, opts.scaling, opts.seed)
     train_data, val_data = p.train.inputs(norm), p.val.inputs(norm)
+    if opts.augment not in ("none", "gan"):
+        raise ValueError(f"augment must be none or gan, got {opts.augment!r}")
+    augment: dict[str, Any] = {}
+    if opts.augment == "gan":
+        # Only the training split goes in: validation and test assets never reach the generator.
+        train_data, augment = _gan_augment(opts, train_data)
     has_fail = bool(p.train.fail.sum() > 0 and p.val.fail.sum() > 0)
     has_rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
     has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
@@ -185,15 +205,20 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         results.append(result)
     model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
     result = results[0]
+    vae, vae_summary = _fit_vae(opts, train_data, val_data) if opts.vae else (None, {})
     train_seconds = time.monotonic() - t0
 
-    spec, pred = calibrate(model, opts, history, norm, val_data, p.events)
+    val_anomaly = vae_scores(vae, val_data) if vae is not None else None
+    spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
     heads = spec.heads
     val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
-    spec = replace(spec, metrics=flat(val_metrics))
+    gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
+                   if k in ("windows", "spread_ratio", "nn_ratio")}
+    spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics})
     probe = val_data.x(np.arange(min(len(p.val), 64)))
-    spec = export(model, spec, probe, opts.out)
+    served: torch.nn.Module = model if vae is None else WithAnomaly(model, vae)
+    spec = export(served, spec, probe, opts.out)
     load_model(opts.out)  # the agent's own checks: metadata, shapes, finite outputs
     summary: dict[str, Any] = {
         "model": str(opts.out), "version": spec.version, "heads": list(heads),
@@ -205,7 +230,9 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
                      "best_val_score": round(r.best_score, 5)} for r in results],
         "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
-        "train_seconds": round(train_seconds, 1), "params": n_params(model),
+        "train_seconds": round(train_seconds, 1), "params": n_params(served),
+        **({"vae": vae_summary} if vae is not None else {}),
+        **({"augment": augment} if augment else {}),
         "model_config": asdict(mcfg), "curve": result.curve,
     }
     if len(p.test):
@@ -222,34 +249,85 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
 
 
 def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, norm: Any, val_data: Inputs,
-              events: list[Event]) -> tuple[ModelSpec, cal.Predictions]:
-    """Calibrate on validation assets only, replaying what the agent will do; the spec before export."""
+              events: list[Event], anomaly: npt.NDArray[np.float32] | None = None
+              ) -> tuple[ModelSpec, cal.Predictions]:
+    """Calibrate on validation assets only, replaying what the agent will do; the spec before export.
+
+    `anomaly`: the VAE's scores of the validation windows, when the model file will carry one.
+    """
     val_ws = val_data.ws
     pred = cal.predict(model, val_data)
     if model.has_fail:
         model.temperature.fill_(cal.fit_temperature(pred.logit, val_ws.fail))
     pf = cal.fail_probabilities(pred.logit, float(model.temperature)) if model.has_fail else None
+    anomaly_stats, pa = None, None
+    if anomaly is not None:
+        pred = replace(pred, anomaly=anomaly)
+        anomaly_stats = cal.fit_anomaly(anomaly, healthy_mask(val_ws, _healthy_margin(opts)))
+        pa = cal.anomaly_probabilities(anomaly, anomaly_stats)
     if model.has_forecast:
         scores = cal.surprise_scores(val_ws, pred, opts.surprise_alpha)
         surprise = cal.fit_surprise(scores, val_ws.fail == 0, opts.surprise_alpha)
         ps = cal.surprise_probabilities(scores, surprise)
-        combiner = cal.fit_combiner(pf, ps, val_ws.fail) if pf is not None else Combiner(0.0, 1.0, 0.0)
+        combiner = cal.fit_combiner(pf, ps, val_ws.fail, pa) if pf is not None else Combiner(
+            0.0, 1.0, 0.0, 1.0 if pa is not None else 0.0)
     else:
         surprise, ps = NO_SURPRISE, np.full(len(val_ws), np.nan)
-        combiner = Combiner(1.0, 0.0, 0.0)  # risk is the calibrated failure probability
-    risk = cal.risks(pf, ps, combiner)
+        # Risk is the calibrated failure probability, joined with the anomaly signal when there is one.
+        combiner = cal.fit_combiner(pf, ps, val_ws.fail, pa) if pa is not None else Combiner(1.0, 0.0, 0.0)
+    risk = cal.risks(pf, ps, combiner, pa)
     fc = failure_cells(val_ws, events, history.period_s)
     budget = opts.false_alarms_per_30_days / 30.0
     thresholds = cal.calibrate_thresholds(val_ws, risk, history.period_s, opts.fail_horizon, fc, budget)
     heads = (("forecast_mean", "forecast_logvar") if model.has_forecast else ()) + (
-        ("fail_prob",) if model.has_fail else ()) + (("rul",) if model.has_rul else ())
+        ("fail_prob",) if model.has_fail else ()) + (("rul",) if model.has_rul else ()) + (
+        ("anomaly_nll",) if anomaly is not None else ())
     spec = ModelSpec(
         channels=history.channels, period_s=history.period_s, window=opts.window, horizon=opts.horizon,
         fail_horizon=opts.fail_horizon, normalisation=norm, heads=heads, thresholds=thresholds,
         surprise=surprise, combiner=combiner, fingerprint=history.fingerprint,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        rul_cap=float(model.rul_cap) if model.has_rul else 0.0)
+        rul_cap=float(model.rul_cap) if model.has_rul else 0.0, anomaly=anomaly_stats)
     return spec, pred
+
+
+def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str, Any]]:
+    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives."""
+    real, sources = pre_failure(train_data)
+    if len(real) < 2:
+        raise ValueError("--augment gan needs failures in the training assets (pre-failure windows)")
+    t0 = time.monotonic()
+    gan = train_gan(real, GanConfig(steps=opts.gan_steps, seed=opts.seed))
+    synthetic = gan.sample(round(opts.gan_factor * len(real)), seed=opts.seed + 1)
+    div = diversity(synthetic, real, opts.seed)
+    return with_synthetic(train_data, synthetic), {
+        "method": "wgan-gp", "real_windows": len(real), "windows": len(synthetic),
+        "source_assets": list(sources), "steps": opts.gan_steps, "seconds": round(time.monotonic() - t0, 1),
+        "real_spread": round(div.real_spread, 4), "generated_spread": round(div.generated_spread, 4),
+        "spread_ratio": round(div.spread_ratio, 4), "nn_ratio": round(div.nn_ratio, 4),
+        "collapsed": div.collapsed, "final_critic_loss": round(gan.critic_loss[-1], 4)}
+
+
+def _healthy_margin(opts: FitOptions) -> float:
+    """Windows this many cells or more before a failure count as healthy for the VAE (and its calibration):
+    past the RUL plateau, and three failure horizons, where degradation may already show."""
+    return max(opts.rul_cap, 3.0 * opts.fail_horizon)
+
+
+def _fit_vae(opts: FitOptions, train_data: Inputs, val_data: Inputs) -> tuple[LstmVae, dict[str, Any]]:
+    """Train the LSTM-VAE on healthy training windows (seeded apart from the forecaster)."""
+    margin = _healthy_margin(opts)
+    tr_idx = np.flatnonzero(healthy_mask(train_data.ws, margin))
+    va_idx = np.flatnonzero(healthy_mask(val_data.ws, margin))
+    torch.manual_seed(opts.seed + 7919)
+    vae = LstmVae(VaeConfig(n_channels=train_data.ws.cells.shape[1], hidden=opts.vae_hidden,
+                            latent=opts.vae_latent))
+    res = train_vae(vae, train_data, tr_idx, val_data, va_idx, VaeTrainConfig(
+        epochs=opts.vae_epochs, windows_per_epoch=min(opts.windows_per_epoch, 20_000),
+        batch_size=opts.batch_size, beta=opts.vae_beta, seed=opts.seed, progress=opts.progress))
+    return vae, {"train_windows": res.train_windows, "val_windows": len(va_idx),
+                 "best_epoch": res.best_epoch, "best_val_neg_elbo": round(res.best_score, 4),
+                 "params": n_params(vae), "healthy_margin_cells": margin, "curve": res.curve}
 
 
 def _test_metrics(model_path: Path, p: Prepared, spec: ModelSpec) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+# Elman RNN (tanh) is the cheapest cell; LSTM the default; GRU between the two.
+CELLS: dict[str, type[nn.LSTM] | type[nn.GRU] | type[nn.RNN]] = {
+    "lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class ModelConfig:
     rul_cap: float = 125.0
     # Width of a small ReLU layer between the LSTM state and the RUL head (0: a linear head).
     head_hidden: int = 0
-    cell: str = "lstm"  # or "gru"
+    cell: str = "lstm"  # or "gru", "rnn"
     # Causal exponential smoothing of the normalised window inside the model (0: off). The
     # agent still sends raw windows; the smoothing travels in the file with the weights.
     smooth: float = 0.0

@@ -77,7 +77,8 @@ class TestExport:
             export_onnx(_model(), make_spec(), _probe(), tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
 
-    @pytest.mark.parametrize("kw", [{"cell": "gru"}, {"rul_head": True, "head_hidden": 4, "rul_cap": 50.0},
+    @pytest.mark.parametrize("kw", [{"cell": "gru"}, {"cell": "rnn"},
+                                    {"rul_head": True, "head_hidden": 4, "rul_cap": 50.0},
                                     {"forecast_head": False}])
     def test_rebuilt_from_torchscript(self, tmp_path: Path, kw: dict[str, object]) -> None:
         """`export_onnx_beside` rebuilds the eager model from a .pt file (other cells and heads too)
