@@ -215,7 +215,7 @@ class Operations:
     def _flood_doc(self, change: FloodChange, ts: float) -> Outgoing:
         doc = {"agent_id": self.agent_id, "ts": rfc3339_ms(ts), "active": change.active,
                "alarms_in_window": change.alarms_in_window, "window_s": self.flood.window_s,
-               "threshold": self.flood.threshold, "suppressed_warnings": change.suppressed,
+               "threshold": self.flood.threshold, "suppressed": change.suppressed,
                "assets": change.assets, "emitted_at": rfc3339_ms(self.wall())}
         return Outgoing(f"{self.prefix}/alarms/flood", doc)
 
