@@ -135,6 +135,9 @@ class Metrics:
                                ["channel"], registry=r)
         self.refit_recommended = Gauge("vigil_refit_recommended",
                                        "1 when input drift passes [drift] psi_threshold.", registry=r)
+        self.event_time = Gauge("vigil_event_time_seconds",
+                                "The newest event time scored (unix time): the clock shelves, floods and "
+                                "alert horizons run on.", registry=r)
         self.shadow_info = Gauge("vigil_shadow_model_info", "The shadow model scored beside the live one.",
                                  ["version"], registry=r)
 

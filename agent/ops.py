@@ -242,6 +242,7 @@ class Operations:
         for model, book in self.books.items():
             for asset, r in book.expire(now):
                 self._false_alarm(model, asset, r)
+        self.metrics.event_time.set(now)
         psi = self.drift.values()
         for channel, v in psi.items():
             self.metrics.drift_psi.labels(channel).set(v)
