@@ -49,7 +49,8 @@ class Scripted(torch.nn.Module):
 
 
 def scripted_model(path: Path, *, scale: float = 1.0, bias: float = 0.0, channel: int = 0,
-                   mean: tuple[float, float] = (0.0, 0.0), std: tuple[float, float] = (1.0, 1.0)) -> ModelSpec:
+                   mean: tuple[float, float] = (0.0, 0.0),
+                   std: tuple[float, float] = (1.0, 1.0)) -> ModelSpec:
     """Write a model file whose risk is `scale * x + bias` of the newest cell (normalised)."""
     spec = ModelSpec(
         channels=CHANNELS, period_s=1.0, window=2, horizon=1, fail_horizon=int(HORIZON_S),
@@ -100,7 +101,7 @@ class Ops:
     def _pub(self, topic: str, doc: Any, sender: str | None = None) -> None:
         props = None
         if sender is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = [("operator", sender)]
         info = self.client.publish(topic, json.dumps(doc), qos=1, properties=props)
         info.wait_for_publish(10)
