@@ -1,11 +1,13 @@
 """Input drift: per-channel population stability index (PSI) of recent inputs against training.
 
-The model file stores each channel's training mean and std (its normalisation), not a
-histogram, so the reference distribution is N(mean, std) cut into `bins` equally likely
-bins: each expects 1/bins of the readings. That is exact for normally distributed channels
-and still monotone in a shift or a change of spread for others, which is what a refit
-recommendation needs. Recent inputs are the newest cell of every scored window, counted in
-event-time buckets so the PSI covers the last `window_s` of plant time.
+The reference is the training distribution of each channel. Model files from `vigil-train fit`
+carry its quantiles (`input_quantiles`), whose inner values are the bin edges: each bin then
+expects its share of probability (1/bins, or more where tied quantiles merge bins). Older files
+store only the normalisation's mean and std; there the reference is N(mean, std) cut into
+`bins` equally likely bins, exact for normally distributed channels and still monotone in a
+shift or a change of spread for others (a skewed channel then shows some drift from the start).
+Recent inputs are the newest cell of every scored window, counted in event-time buckets so the
+PSI covers the last `window_s` of plant time.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ def reference_edges(mean: float, std: float, bins: int) -> FloatArray:
     return np.asarray([nd.inv_cdf(k / bins) for k in range(1, bins)], dtype=np.float64)
 
 
+def quantile_bins(quantiles: tuple[float, ...]) -> tuple[FloatArray, FloatArray]:
+    """Bin edges and expected shares from quantiles at evenly spaced probabilities 0..1.
+
+    A value v falls in bin i = the number of edges below it, i.e. bins (-inf, e1], (e1, e2]...
+    Tied quantiles (a channel often at one value) merge into one edge whose bin takes their mass.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    probs = np.linspace(0.0, 1.0, len(q))
+    inner, p_inner = q[1:-1], probs[1:-1]
+    edges = np.unique(inner)
+    cdf = np.asarray([p_inner[inner == e].max() for e in edges])
+    shares = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    return edges, shares
+
+
 def psi(observed: npt.NDArray[np.int64] | FloatArray, expected: FloatArray) -> float:
     """Population stability index of observed counts against expected shares (both per bin)."""
     total = float(np.sum(observed))
@@ -49,11 +66,18 @@ class DriftTracker:
     bins: int = 10
     window_s: float = 6 * 3600.0
     min_samples: int = 200
+    quantiles: tuple[tuple[float, ...], ...] = ()
     buckets: deque[tuple[int, npt.NDArray[np.int64]]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
-        self.edges = [reference_edges(m, s, self.bins) for m, s in zip(self.mean, self.std, strict=True)]
-        self.expected = np.full(self.bins, 1.0 / self.bins)
+        if self.quantiles:
+            ref = [quantile_bins(q) for q in self.quantiles]
+            self.edges = [e for e, _ in ref]
+            self.expected = [s for _, s in ref]
+        else:
+            self.edges = [reference_edges(m, s, self.bins) for m, s in zip(self.mean, self.std, strict=True)]
+            self.expected = [np.full(self.bins, 1.0 / self.bins)] * len(self.channels)
+        self.width = max(len(e) + 1 for e in self.edges)  # histogram columns (the most bins of any channel)
         self.step = self.window_s / _BUCKETS
 
     def add(self, ts: npt.NDArray[np.float64], values: FloatArray) -> None:
@@ -63,11 +87,12 @@ class DriftTracker:
         keys = np.floor(ts / self.step).astype(np.int64)
         for key in np.unique(keys):
             rows = values[keys == key]
-            counts = np.zeros((len(self.channels), self.bins), dtype=np.int64)
+            counts = np.zeros((len(self.channels), self.width), dtype=np.int64)
             for c, edges in enumerate(self.edges):
                 col = rows[:, c]
                 col = col[np.isfinite(col)]
-                counts[c] += np.bincount(np.searchsorted(edges, col), minlength=self.bins)
+                counts[c, : len(edges) + 1] += np.bincount(np.searchsorted(edges, col, side="left"),
+                                                          minlength=len(edges) + 1)
             self._merge(int(key), counts)
         self._prune(int(keys.max()))
 
@@ -91,8 +116,8 @@ class DriftTracker:
         total = np.sum([c for _, c in self.buckets], axis=0)
         out = {}
         for i, name in enumerate(self.channels):
-            row = total[i]
+            row = total[i, : len(self.edges[i]) + 1]
             if row.sum() >= self.min_samples:
-                v = psi(row, self.expected)
+                v = psi(row, self.expected[i])
                 out[name] = v if math.isfinite(v) else 0.0
         return out

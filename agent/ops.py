@@ -116,7 +116,11 @@ class Operations:
         d = self.cfg.drift
         n = spec.normalisation
         self.spec = spec
-        self.drift = DriftTracker(spec.channels, n.mean, n.std, d.bins, d.window_s, d.min_samples)
+        self.drift = DriftTracker(spec.channels, n.mean, n.std, d.bins, d.window_s, d.min_samples,
+                                  spec.input_quantiles)
+        self.metrics.drift_psi.clear()
+        for channel in spec.channels:  # NaN until enough inputs: unknown, not "no drift"
+            self.metrics.drift_psi.labels(channel).set(math.nan)
 
     # -- per-asset state ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -124,6 +125,9 @@ class ModelSpec:
     metrics: dict[str, float] = field(default_factory=dict)
     # The `rul` head's plateau in grid cells: it predicts min(cells to failure, rul_cap).
     rul_cap: float = 0.0
+    # Per channel, quantiles of the raw training inputs at evenly spaced probabilities 0..1: the
+    # reference the agent's drift measure (PSI) compares recent inputs with. Older files: empty.
+    input_quantiles: tuple[tuple[float, ...], ...] = ()
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -208,6 +212,10 @@ def _problems(s: ModelSpec) -> list[str]:
         out.append("thresholds need 0 < warning <= critical <= 1")
     if t.dwell < 1 or t.cooldown < 0 or not 0 <= t.hysteresis < t.warning:
         out.append("thresholds need dwell >= 1, cooldown >= 0, 0 <= hysteresis < warning")
+    iq = s.input_quantiles
+    if iq and (len(iq) != n or any(len(row) < 3 or not all(map(np.isfinite, row))
+                                    or any(b < a for a, b in itertools.pairwise(row)) for row in iq)):
+        out.append("input_quantiles need, per channel, >= 3 finite non-decreasing values")
     q = s.surprise.quantiles
     if len(q) < 2 or any(b < a for a, b in zip(q, q[1:], strict=False)):
         out.append("surprise quantiles must be >= 2 non-decreasing values")

@@ -24,7 +24,15 @@ from training import calibrate as cal
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
-from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
+from training.labels import (
+    Inputs,
+    Split,
+    WindowSet,
+    build_windows,
+    fit_normalisation,
+    input_quantiles,
+    split_by_asset,
+)
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.train import TrainConfig, TrainResult, seed_everything, train
@@ -191,7 +199,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     heads = spec.heads
     val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
-    spec = replace(spec, metrics=flat(val_metrics))
+    spec = replace(spec, metrics=flat(val_metrics), input_quantiles=input_quantiles(p.train))
     probe = val_data.x(np.arange(min(len(p.val), 64)))
     spec = export(model, spec, probe, opts.out)
     load_model(opts.out)  # the agent's own checks: metadata, shapes, finite outputs

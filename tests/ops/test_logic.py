@@ -160,3 +160,33 @@ def test_events_file_is_what_training_reads(tmp_path: Path) -> None:
     assert [(e.asset, e.event) for e in got] == [("pump,1", "maintenance"), ("pump-2", "maintenance"),
                                                  ("pump-2", "failure"), ("pump-2", "maintenance")]
     assert all(math.isclose(e.ts, 1_767_225_600.0 + i) for i, e in enumerate(got))
+
+
+class TestQuantileReference:
+    def test_bins_from_quantiles_and_ties(self) -> None:
+        """Distinct quantiles give equal shares; tied ones merge into one edge carrying their mass."""
+        from agent.drift import quantile_bins
+
+        edges, shares = quantile_bins((0.0, 1.0, 2.0, 3.0, 4.0))
+        assert edges.tolist() == [1.0, 2.0, 3.0] and np.allclose(shares, 0.25)
+        edges, shares = quantile_bins((0.0, 5.0, 5.0, 5.0, 9.0))
+        assert edges.tolist() == [5.0] and np.allclose(shares, [0.75, 0.25])
+
+    def test_training_quantiles_make_a_skewed_channel_quiet(self) -> None:
+        """Inputs drawn like training give a low PSI against stored quantiles even when skewed,
+        where the normal approximation would cry drift; a shift still shows."""
+        rng = np.random.default_rng(3)
+        train = rng.lognormal(0.0, 1.0, 20_000)
+        q = tuple(float(v) for v in np.quantile(train, np.linspace(0, 1, 11)))
+        live = rng.lognormal(0.0, 1.0, (3000, 1))
+        t = np.arange(3000.0)
+        ref = DriftTracker(("x",), (float(train.mean()),), (float(train.std()),), window_s=1e9,
+                           min_samples=10, quantiles=(q,))
+        normal = DriftTracker(("x",), (float(train.mean()),), (float(train.std()),), window_s=1e9,
+                              min_samples=10)
+        ref.add(t, live)
+        normal.add(t, live)
+        assert ref.values()["x"] < 0.02 < 0.25 < normal.values()["x"]
+        shifted = DriftTracker(("x",), (0.0,), (1.0,), window_s=1e9, min_samples=10, quantiles=(q,))
+        shifted.add(t, live * 3.0)
+        assert shifted.values()["x"] > 0.25
