@@ -129,7 +129,7 @@ class Agent:
             self.metrics.shadow_info.labels(shadow.spec.version).set(1)
             self.log.info("shadow_model_loaded", path=str(cfg.model.shadow.path if cfg.model.shadow else ""),
                           version=shadow.spec.version)
-        self.ops = Operations(cfg, runtime.spec, self.metrics, self.log, serves=self.pipeline._serves,
+        self.ops = Operations(cfg, runtime.spec, self.metrics, self.log, serves=self.pipeline.serves,
                               level_of=self._level_of)
         if shadow is not None:
             self.ops.enable_shadow(shadow.spec.horizon_s)
@@ -394,6 +394,7 @@ class Agent:
             self._ingest_some(wait=0.0)
             self._score_all()
         self._score_all()
+        self._handle_control()  # acknowledged to the broker: they must take effect
         self.save_checkpoint()
 
     def _ingest_some(self, wait: float = 0.02) -> None:
@@ -455,6 +456,8 @@ class Agent:
             topic, payload, props = self.control.popleft()
             if topic.startswith(f"{prefix}/events/"):
                 ev = parse_event(topic.removeprefix(f"{prefix}/events/"), payload)
+                if not isinstance(ev, str) and ev.ts > time.time() + self.cfg.windows.max_future_skew_s:
+                    ev = "ts is in the future"  # a repair "next year" would refuse every reading till then
                 if isinstance(ev, str):
                     self._rejects_log.warning("event_rejected", key="event", reason=ev, topic=topic[:200])
                     continue

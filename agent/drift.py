@@ -84,16 +84,23 @@ class DriftTracker:
         """Count the inputs `values` [N, C] seen at event times `ts` [N]."""
         if len(ts) == 0:
             return
+        # Per batch on the worker thread: one searchsorted per channel and one bincount, no
+        # per-reading Python (NaN sorts past every edge and is dropped with the non-finite).
+        n_ch = len(self.channels)
+        idx = np.empty(values.shape, dtype=np.int64)
+        for c, edges in enumerate(self.edges):
+            idx[:, c] = np.searchsorted(edges, values[:, c], side="left")
+        flat = idx + np.arange(n_ch) * self.width
+        keep = np.isfinite(values)
         keys = np.floor(ts / self.step).astype(np.int64)
-        for key in np.unique(keys):
-            rows = values[keys == key]
-            counts = np.zeros((len(self.channels), self.width), dtype=np.int64)
-            for c, edges in enumerate(self.edges):
-                col = rows[:, c]
-                col = col[np.isfinite(col)]
-                counts[c, : len(edges) + 1] += np.bincount(np.searchsorted(edges, col, side="left"),
-                                                          minlength=len(edges) + 1)
-            self._merge(int(key), counts)
+        size = n_ch * self.width
+        if keys[0] == keys[-1] and (keys == keys[0]).all():
+            groups = [(int(keys[0]), keep)]
+        else:
+            groups = [(int(k), keep & (keys == k)[:, None]) for k in np.unique(keys)]
+        for key, mask in groups:
+            counts = np.bincount(flat[mask], minlength=size).reshape(n_ch, self.width)
+            self._merge(key, counts)
         self._prune(int(keys.max()))
 
     def _merge(self, key: int, counts: npt.NDArray[np.int64]) -> None:

@@ -130,6 +130,10 @@ class Operations:
             st = self.assets[asset] = AssetOps()
         return st
 
+    def _takes(self, asset: str) -> bool:
+        """Whether events and commands for `asset` are this agent's to act on (and fit its limit)."""
+        return self.serves(asset) and (asset in self.assets or len(self.assets) < self.cfg.windows.max_assets)
+
     def in_maintenance(self, asset: str) -> bool:
         st = self.assets.get(asset)
         return st is not None and st.maintenance_since is not None
@@ -171,7 +175,6 @@ class Operations:
             self._hold("shadow", t.asset, aid, t.ts, self.shadow_horizon_s)
         if result.inputs is not None and result.input_ts is not None:
             self.drift.add(result.input_ts, result.inputs)
-        self._gauges()
         return out
 
     def _hold(self, model: str, asset: str, aid: str, ts: float, horizon_s: float) -> None:
@@ -199,6 +202,7 @@ class Operations:
             began = self.flood.alarm(a.ts)
             if began is not None:
                 self.metrics.alarm_floods.inc()
+                self.metrics.alarm_flood_active.set(1)
                 out.messages.append(self._flood_doc(began, a.ts))
                 self.log.warning("alarm_flood_began", alarms=began.alarms_in_window,
                                  window_s=self.flood.window_s, threshold=self.flood.threshold)
@@ -281,8 +285,8 @@ class Operations:
         """A CMMS event: logged to the events file, then its effect on the asset and the books."""
         fx = Effects()
         key = (ev.asset, ev.ts, ev.event)
-        if key in self._seen:
-            return fx  # a QoS 1 redelivery: already counted and written
+        if key in self._seen or not self._takes(ev.asset):
+            return fx  # a QoS 1 redelivery (already counted and written), or another agent's asset
         self._seen.append(key)
         self.metrics.events.labels(ev.event).inc()
         try:
@@ -337,7 +341,7 @@ class Operations:
         if cmd.name == "promote":
             fx.promote = True
             return "ok", "", fx
-        if not self.serves(cmd.asset):
+        if not self._takes(cmd.asset):
             return "ignored", "asset not served by this agent", fx
         st = self._asset(cmd.asset)
         if cmd.name == "ack":

@@ -489,7 +489,13 @@ class Pipeline:
         if self.shadow is not None:
             self.shadow.forget(asset)
         self.dirty.add(asset)
-        return self._risk_doc(asset, st, cell_of(ts, self.spec.period_s), ts, {})
+        notice = self._risk_doc(asset, st, cell_of(ts, self.spec.period_s), ts, {})
+        # The event's time is the CMMS clock's, not the readings': it must not move event time on.
+        return RiskOut(notice.asset, notice.doc, notice.arrival)
+
+    def serves(self, asset: str) -> bool:
+        """Whether this agent serves `asset` ([assets] allow and partition)."""
+        return self._serves(asset)
 
     def set_floor(self, asset: str, ts: float) -> None:
         """Refuse readings of `asset` at or before `ts` (a repair restored after a restart)."""

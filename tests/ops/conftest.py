@@ -106,6 +106,21 @@ class Ops:
         info = self.client.publish(topic, json.dumps(doc), qos=1, properties=props)
         info.wait_for_publish(10)
 
+    def sync(self, tries: int = 100) -> None:
+        """Wait until the agent's subscription is in place at the broker.
+
+        /readyz says "subscribed" once the SUBSCRIBE is sent, not once the broker has it: feed
+        an asset of its own (long before the test's event times) until it is scored.
+        """
+        for i in range(tries):
+            self.reading("sync", -100_000 + i, 0.1)
+            try:
+                wait_until(lambda: bool(self.risks("sync")), 0.2, what="the sync asset scored")
+                return
+            except TimeoutError:
+                continue
+        raise AssertionError("the agent never scored the sync asset")
+
     def reading(self, asset: str, k: float, x: float, y: float = 0.0) -> None:
         self._pub(f"{self.plant}/{asset}", {"ts": ts(k), "values": {"x": x, "y": y}})
 
@@ -213,6 +228,7 @@ def ops_factory(broker: Broker, tmp_path: Path) -> Iterator[Any]:
         ops = Ops(broker, agent, capture, prefix, plant, state)
         started.append(ops)
         agent.wait_ready(60)
+        ops.sync()
         return ops
 
     yield start
