@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -144,7 +145,6 @@ class Metrics:
     def set_model(self, version: str, created_at: str = "") -> None:
         self.model_info.clear()
         self.model_info.labels(version).set(1)
-        try:
+        # An older file without a creation time: the gauge stays where it was.
+        with contextlib.suppress(ValueError):
             self.model_created.set(datetime.fromisoformat(created_at).timestamp())
-        except ValueError:
-            pass  # an older file without a creation time: the gauge stays where it was

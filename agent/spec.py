@@ -217,7 +217,7 @@ def _problems(s: ModelSpec) -> list[str]:
                                     or any(b < a for a, b in itertools.pairwise(row)) for row in iq)):
         out.append("input_quantiles need, per channel, >= 3 finite non-decreasing values")
     q = s.surprise.quantiles
-    if len(q) < 2 or any(b < a for a, b in zip(q, q[1:], strict=False)):
+    if len(q) < 2 or any(b < a for a, b in itertools.pairwise(q)):
         out.append("surprise quantiles must be >= 2 non-decreasing values")
     if not 0 < s.surprise.ewma_alpha <= 1:
         out.append("surprise ewma_alpha must be in (0, 1]")
