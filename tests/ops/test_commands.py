@@ -79,11 +79,14 @@ def test_shelve_holds_alerts_until_it_expires(ops_factory: Any) -> None:
 
 
 def test_shelf_and_maintenance_survive_a_restart(ops_factory: Any) -> None:
-    """A shelf and a maintenance flag are checkpointed: after SIGTERM and a restart they still hold."""
+    """A shelf, a maintenance flag, the latest alert (for its ack) and an alert awaiting its
+    horizon are checkpointed: after SIGTERM and a restart they all still hold."""
     ops = ops_factory()
     ops.readings("pump-1", [0.1, 0.1], start=0)
     ops.readings("pump-2", [0.1, 0.1], start=0)
+    ops.readings("pump-3", [0.1, 0.6], start=0)
     ops.risk_at("pump-2", 1)
+    wait_until(lambda: len(ops.alerts("pump-3")) == 1, 10, what="pump-3 warning")
     ops.command("pump-1", "shelve", {"for_s": 3600})
     ops.event("pump-2", 2, "maintenance_start")
     wait_until(lambda: (ops.health() or {}).get("shelved") == ["pump-1"]
@@ -97,4 +100,10 @@ def test_shelf_and_maintenance_survive_a_restart(ops_factory: Any) -> None:
     assert ops.risk_at("pump-2", 2)["maintenance"] is True
     ops.wait_metric("vigil_alerts_suppressed_total", 'reason="shelved"', 1)
     ops.wait_metric("vigil_alerts_suppressed_total", 'reason="maintenance"', 1)
-    assert ops.alerts() == []
+    assert [a["asset"] for a in ops.alerts()] == ["pump-3"]
+
+    ops.command("pump-3", "ack", {"alert_id": ops.alerts("pump-3")[0]["alert_id"]})
+    wait_until(lambda: [a["state"] for a in ops.alerts("pump-3")] == ["unacknowledged", "acknowledged"],
+               10, what="ack after restart")
+    ops.readings("pump-1", [0.9, 0.9], start=61)  # pump-3's horizon (cell 1 + 60 s) passes
+    ops.wait_metric("vigil_false_alarms_total", 'model="live"', 1)
