@@ -43,10 +43,12 @@ def check_config(path: Path) -> dict[str, Any]:
     """Validate config and model; return the summary that check-config prints."""
     from agent.config import load_config
     from agent.runtime import load_runtime
+    from agent.shadow import load_shadow
     from agent.spec import spec_summary
 
     cfg = load_config(path)
     rt = load_runtime(cfg.model)
+    shadow = load_shadow(cfg, rt)
     resolved = json.loads(cfg.model_dump_json())
     for key in ("password",):
         if resolved["broker"].get(key):
@@ -59,6 +61,8 @@ def check_config(path: Path) -> dict[str, Any]:
              "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
+        **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
+           if shadow is not None and cfg.model.shadow is not None else {}),
         "publishes": {
             "alerts": f"{cfg.outputs.prefix}/alerts/{{asset}}",
             "risk": f"{cfg.outputs.prefix}/risk/{{asset}}",

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from agent.accounting import LeadTimeBook, Raised
@@ -436,8 +435,3 @@ class Operations:
             self.assets[asset] = st
         self._gauges()
         return len(rows)
-
-
-def events_path(cfg: AgentConfig) -> Path:
-    """Where the agent appends CMMS events (training's events-file format)."""
-    return cfg.state.dir / "events.csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,24 @@ def test_promote_command_topic_swaps_the_shadow_in(ops_factory: Any, tmp_path: P
     assert ops.metric("vigil_model_info", f'version="{shadow_spec.version}"') == 1
     ops.readings("pump-1", [0.9, 0.9], start=0)
     assert ops.risk_at("pump-1", 1)["model_version"] == shadow_spec.version
+
+
+def test_check_config_names_the_shadow_and_promote_needs_one(tmp_path: Path) -> None:
+    """check-config loads and summarises the shadow model; promote without one exits 2 with a reason."""
+    live, shadow = tmp_path / "model.pt", tmp_path / "candidate.pt"
+    scripted_model(live)
+    shadow_spec = scripted_model(shadow, scale=0.0, bias=0.1)
+    base = f'[model]\npath = "{live.name}"\n\n[[subscriptions]]\nfilter = "p/+"\ntemplate = "p/{{asset}}"\n' \
+           'codec = "json-multi"\n'
+    with_shadow = tmp_path / "with.toml"
+    with_shadow.write_text(base.replace("\n\n", f'\n[model.shadow]\npath = "{shadow.name}"\n\n', 1))
+    proc = subprocess.run([str(BIN / "vigil-agent"), "check-config", str(with_shadow)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["shadow_model"]["version"] == shadow_spec.version
+    without = tmp_path / "without.toml"
+    without.write_text(base)
+    proc = subprocess.run([str(BIN / "vigil-agent"), "promote", "--config", str(without)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no [model.shadow]" in proc.stderr
+    assert proc.stderr.count("\n") == 1
