@@ -311,7 +311,8 @@ class AlarmsConfig(_Strict):
 class DriftConfig(_Strict):
     """`[drift]`: per-channel population stability index of recent inputs against training."""
 
-    window_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # A day: plant data has daily cycles, which a shorter window would report as drift.
+    window_s: Annotated[float, Field(gt=0)] = 86400.0
     psi_threshold: Annotated[float, Field(gt=0)] = 0.25
     bins: Annotated[int, Field(ge=2, le=100)] = 10
     min_samples: Annotated[int, Field(ge=1)] = 200

@@ -64,7 +64,7 @@ class DriftTracker:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     bins: int = 10
-    window_s: float = 6 * 3600.0
+    window_s: float = 86400.0
     min_samples: int = 200
     quantiles: tuple[tuple[float, ...], ...] = ()
     buckets: deque[tuple[int, npt.NDArray[np.int64]]] = field(default_factory=deque)
@@ -117,8 +117,12 @@ class DriftTracker:
             self.buckets.popleft()
 
     def values(self) -> dict[str, float]:
-        """PSI per channel over the window; channels with too few samples are left out."""
-        if not self.buckets:
+        """PSI per channel over the window; channels with too few samples are left out.
+
+        Nothing is reported until the inputs span half the window: plant data has daily and
+        batch cycles, and a few minutes of it differ from the training data by nature.
+        """
+        if not self.buckets or (self.buckets[-1][0] - self.buckets[0][0] + 1) * self.step < self.window_s / 2:
             return {}
         total = np.sum([c for _, c in self.buckets], axis=0)
         out = {}

@@ -20,7 +20,7 @@ def test_drift_rises_on_the_shifted_channel_only(ops_factory: Any, tmp_path: Pat
     model = tmp_path / "drift.pt"
     # The risk reads y (always low), so the drifting x raises no alarms.
     scripted_model(model, channel=1, scale=0.0, bias=0.1, mean=(5.0, 10.0), std=(1.0, 2.0))
-    ops = ops_factory(model=model, extra="[drift]\nwindow_s = 3600\nmin_samples = 200\n")
+    ops = ops_factory(model=model, extra="[drift]\nwindow_s = 600\nmin_samples = 200\n")
     rng = np.random.default_rng(7)
     n = 400
     xs = rng.normal(8.0, 1.0, n)    # mean + 3 std
