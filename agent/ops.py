@@ -327,6 +327,7 @@ class Operations:
                        "risk": 0.0, "top_channels": [], "reason": ev.event, "state": "unacknowledged",
                        "alert_id": alert_id(self.agent_id, ev.asset, cell, "ok", last["level"]),
                        "emitted_at": rfc3339_ms(self.wall())}
+                doc.pop("rul", None)  # the old machine's remaining life says nothing of the new one
                 st.last_alert = doc
                 fx.messages.append(Outgoing(f"{self.prefix}/alerts/{ev.asset}", doc, "ok"))
         self._gauges()

@@ -441,6 +441,8 @@ class Pipeline:
                 if per_channel is not None:
                     p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
             p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
+            # Remaining useful life in seconds of event time (the head predicts grid cells).
+            rul = round(float(outputs.rul[i]) * s.period_s, 1) if outputs.rul is not None else None
             risk = combine(p_fail, p_surprise, s.combiner)
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
@@ -455,10 +457,10 @@ class Pipeline:
                 signals["surprise"] = round(p_surprise, 6)
             # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
-            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals))
+            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals, rul))
             if tr is not None:
                 out.alerts.append(self._alert(asset, tr.cell, stamps[i], tr.level, tr.previous, risk,
-                                              per_channel))
+                                              per_channel, rul))
         return out
 
     def _event_ts(self, end: int, newest_ts: float) -> str:
@@ -466,10 +468,12 @@ class Pipeline:
         return rfc3339_ms(newest_ts if newest_ts == newest_ts else end * self.spec.period_s)
 
     def _risk_doc(self, asset: str, st: AssetState, end: int, newest_ts: float,
-                  signals: dict[str, float]) -> RiskOut:
+                  signals: dict[str, float], rul: float | None = None) -> RiskOut:
         doc = {"asset": asset, "ts": self._event_ts(end, newest_ts), "risk": round(st.risk, 6),
                "level": st.level.level.label, "stale": st.stale, "signals": signals,
                "model_version": self.spec.version}
+        if rul is not None:
+            doc["rul"] = rul
         ts = newest_ts if newest_ts == newest_ts else end * self.spec.period_s
         return RiskOut(asset, doc, st.arrival, ts)
 
@@ -507,7 +511,7 @@ class Pipeline:
         st.floor_ts = max(st.floor_ts, ts)
 
     def _alert(self, asset: str, cell: int, newest_ts: float, level: Level, previous: Level,
-               risk: float, per_channel: np.ndarray | None) -> AlertOut:
+               risk: float, per_channel: np.ndarray | None, rul: float | None) -> AlertOut:
         doc = {
             "asset": asset, "ts": self._event_ts(cell, newest_ts), "level": level.label,
             "previous_level": previous.label, "risk": round(risk, 6),
@@ -517,6 +521,8 @@ class Pipeline:
             "alert_id": alert_id(self.agent_id, asset, cell, level.label, previous.label),
             "emitted_at": rfc3339_ms(self.wall()),
         }
+        if rul is not None:
+            doc["rul"] = rul
         ts = newest_ts if newest_ts == newest_ts else cell * self.spec.period_s
         return AlertOut(asset, level.label, doc, ts, previous.label)
 

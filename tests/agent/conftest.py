@@ -35,6 +35,7 @@ def make_spec(
     heads: tuple[str, ...] = ("forecast_mean", "forecast_logvar", "fail_prob"),
     thresholds: Thresholds | None = None,
     combiner: Combiner | None = None,
+    rul_cap: float = 0.0,
 ) -> ModelSpec:
     """A small valid spec: unit normalisation, linear surprise quantiles."""
     n = len(channels)
@@ -51,6 +52,7 @@ def make_spec(
         surprise=SurpriseStats(ewma_alpha=0.2, quantiles=tuple(np.linspace(0.0, 4.0, 11))),
         combiner=combiner or Combiner(w_fail=1.0, w_surprise=0.5, bias=0.0),
         fingerprint="test",
+        rul_cap=rul_cap,
     )
 
 

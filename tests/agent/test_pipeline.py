@@ -418,3 +418,32 @@ class TestAlerts:
         out = step(fake, WINDOW + 1, 0.9)
         assert [a.level for a in out.alerts] == ["critical"]
         assert out.risks[0].doc["level"] == "critical"
+
+    def test_rul_rides_on_alert_and_risk_in_seconds(self, tmp_path: Path) -> None:
+        """A model with a RUL head: alerts and risk docs carry `rul` (DESIGN), cells times the period."""
+
+        class RulRuntime(FailProbRuntime):
+            def __init__(self) -> None:
+                self.spec = make_spec(heads=("fail_prob", "rul"), combiner=Combiner(1.0, 0.0, 0.0),
+                                      rul_cap=125.0).with_version(b"r")
+                self.sha256 = "0" * 64
+
+            def infer(self, x: npt.NDArray[np.float32]) -> Outputs:
+                out = super().infer(x)
+                return Outputs(fail_prob=out.fail_prob, rul=np.full(len(x), 42.0, np.float32))
+
+        h = Harness(config(tmp_path, tmp_path / "unused.pt"), RulRuntime())
+        alerts = []
+        for k in range(WINDOW + 2):
+            out = step(h, k, 0.1 if k < WINDOW else 0.9)
+            alerts += out.alerts
+            if out.risks:
+                assert out.risks[-1].doc["rul"] == pytest.approx(42.0 * PERIOD_S)
+        assert [a.level for a in alerts] == ["critical"]
+        assert alerts[0].doc["rul"] == pytest.approx(42.0 * PERIOD_S)
+
+    def test_no_rul_key_without_the_head(self, fake: Harness) -> None:
+        for k in range(WINDOW + 2):
+            out = step(fake, k, 0.1 if k < WINDOW else 0.9)
+            assert all("rul" not in r.doc for r in out.risks)
+            assert all("rul" not in a.doc for a in out.alerts)
