@@ -14,20 +14,26 @@ from prometheus_client import CollectorRegistry
 
 from agent import systemd
 from agent.alerts import AlertSender, Outbox, encode
+from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ModelError
+from agent.events import parse_event
 from agent.http import HealthServer
 from agent.ingest import Reason
 from agent.logs import RateLimited
 from agent.metrics import Metrics
-from agent.mqtt import Link
+from agent.mqtt import Control, Link, health_topic
+from agent.ops import Operations, Outgoing
 from agent.pipeline import BatchResult, Pipeline
 from agent.runtime import Expected, Runtime, load_runtime
+from agent.shadow import ShadowScorer, load_shadow, promote
 from agent.sparkplug.primary import PrimaryHost
 from agent.state import Checkpoint
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
 CHECKPOINT_CHUNK = 128  # assets per checkpoint transaction (see Agent._save_some)
+CONTROL_QUEUE = 10_000  # events and commands waiting for the worker
+HEALTH_EVERY_S = 10.0   # the retained health document: on any change of state, drift at most this often
 Message = tuple[int, str, bytes, float, float]  # subscription, topic, payload, wall, monotonic
 
 
@@ -117,6 +123,19 @@ class Agent:
         self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
                       channels=list(runtime.spec.channels), period_s=runtime.spec.period_s)
         self.pipeline = Pipeline(cfg, runtime, self.metrics, log=self.log)
+        shadow = load_shadow(cfg, runtime)
+        if shadow is not None:
+            self.pipeline.shadow = ShadowScorer(shadow, cfg.windows.max_assets)
+            self.metrics.shadow_info.labels(shadow.spec.version).set(1)
+            self.log.info("shadow_model_loaded", path=str(cfg.model.shadow.path if cfg.model.shadow else ""),
+                          version=shadow.spec.version)
+        self.ops = Operations(cfg, runtime.spec, self.metrics, self.log, serves=self.pipeline.serves,
+                              level_of=self._level_of)
+        if shadow is not None:
+            self.ops.enable_shadow(shadow.spec.horizon_s)
+        self.control: deque[Control] = deque()
+        self._promote = threading.Event()
+        self._health_sent: tuple[Any, float] = (None, -1e9)
         self.checkpoint = Checkpoint(cfg.state.dir / "state.sqlite")
         self._restore()
         self.intake = Intake(cfg.inference.queue_size)
@@ -124,7 +143,7 @@ class Agent:
         self._round_ok = True
         self.outbox = Outbox(cfg.state.dir / "outbox.sqlite", cfg.state.outbox_max)
         self.link = Link(cfg, on_message=self._enqueue, on_ack=self._ack, on_state=self._state,
-                         log=self.log)
+                         log=self.log, on_control=self._enqueue_control)
         self.sender = AlertSender(self.outbox, self.link, self.metrics, self.log,
                                   resend_per_s=cfg.state.outbox_resend_per_s)
         # Sparkplug Primary Host STATE rides its own connection: MQTT has one will per
@@ -161,6 +180,20 @@ class Agent:
             self.metrics.messages_dropped.inc()
         return True
 
+    def _enqueue_control(self, msg: Control) -> bool:
+        """An event or command from paho's thread; True means it may be acknowledged."""
+        if not self._accepting.is_set():
+            return False
+        if len(self.control) >= CONTROL_QUEUE:
+            self.metrics.messages_dropped.inc()
+            return True
+        self.control.append(msg)
+        return True
+
+    def _level_of(self, asset: str) -> str:
+        st = self.pipeline.assets.get(asset)
+        return "ok" if st is None else st.level.level.label
+
     def _ack(self, mid: int, delivered: bool) -> None:
         self.sender.acks.append((mid, delivered))
 
@@ -189,6 +222,15 @@ class Agent:
         self.watcher.poke.set()
 
     def _restore(self) -> None:
+        n = self.ops.restore(self.checkpoint.load_ops())
+        if n:
+            self.log.info("operations_state_restored", assets=n)
+        self._restore_windows()
+        for asset, st in self.ops.assets.items():
+            if st.floor_ts is not None:
+                self.pipeline.set_floor(asset, st.floor_ts)
+
+    def _restore_windows(self) -> None:
         contract = self.pipeline.contract()
         saved = self.checkpoint.contract()
         if saved is None:
@@ -214,8 +256,19 @@ class Agent:
             self.log.error("checkpoint_failed", error=str(exc), assets=len(rows))
             self.pipeline.dirty.update(assets)
 
+    def _save_ops(self) -> None:
+        rows = self.ops.dump()
+        if not rows:
+            return
+        try:
+            self.checkpoint.save_ops(rows)
+        except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
+            self.log.error("checkpoint_failed", error=str(exc), assets=len(rows), part="operations")
+            self.ops.dirty.update(rows)
+
     def _begin_checkpoint(self) -> None:
         """Start a round: every asset changed since the last round is written, a chunk at a time."""
+        self._save_ops()
         self._saving = list(dict.fromkeys([*self._saving, *self.pipeline.dirty]))
         self.pipeline.dirty.clear()
         self._round_ok = True
@@ -293,6 +346,8 @@ class Agent:
         max_wait = cfg.max_wait_ms / 1000.0
         next_tick = time.monotonic()
         while not self._stop.is_set():
+            if self.control:
+                self._handle_control()
             # Wait for messages no longer than the oldest ready window may wait for its batch.
             due = 0.02 if first_due is None else first_due + max_wait - time.monotonic()
             self._ingest_some(max(due, 0.0))
@@ -314,6 +369,8 @@ class Agent:
             if now >= next_sweep:
                 self._publish(BatchResult(risks=self.pipeline.sweep_stale()))
                 self.metrics.assets_stale.set(self.pipeline.n_stale)
+                self._send(self.ops.tick())
+                self._publish_health(now)
                 next_sweep = now + 1.0
             if now >= next_checkpoint:
                 self._score_all()
@@ -337,6 +394,7 @@ class Agent:
             self._ingest_some(wait=0.0)
             self._score_all()
         self._score_all()
+        self._handle_control()  # acknowledged to the broker: they must take effect
         self.save_checkpoint()
 
     def _ingest_some(self, wait: float = 0.02) -> None:
@@ -388,14 +446,76 @@ class Agent:
             self._publish(notices)
             self.log.info("sparkplug_assets_stale", assets=[r.asset for r in notices.risks][:50])
 
+    # -- the operations loop ------------------------------------------------------------------------
+
+    def _handle_control(self) -> None:
+        """CMMS events and operator commands, in arrival order (worker thread)."""
+        prefix = self.cfg.outputs.prefix
+        agent_id = self.cfg.resolved_agent_id
+        while self.control:
+            topic, payload, props = self.control.popleft()
+            if topic.startswith(f"{prefix}/events/"):
+                ev = parse_event(topic.removeprefix(f"{prefix}/events/"), payload)
+                if not isinstance(ev, str) and ev.ts > time.time() + self.cfg.windows.max_future_skew_s:
+                    ev = "ts is in the future"  # a repair "next year" would refuse every reading till then
+                if isinstance(ev, str):
+                    self._rejects_log.warning("event_rejected", key="event", reason=ev, topic=topic[:200])
+                    continue
+                fx = self.ops.event(ev)
+            else:
+                sender = sender_of(props)
+                cmd = parse_command(prefix, agent_id, topic, payload, sender)
+                if isinstance(cmd, str):
+                    self._rejects_log.warning("command_rejected", key="command", reason=cmd,
+                                              topic=topic[:200], sender=sender)
+                    continue
+                result, why, fx = self.ops.command(cmd)
+                if result == "ignored":
+                    continue
+                if not fx.promote:
+                    self.metrics.commands.labels(cmd.name, result).inc()
+                self.log.info("command", command=cmd.name, asset=cmd.asset, result=result, reason=why,
+                              sender=cmd.sender, args={k: v for k, v in cmd.args.items() if v is not None})
+                if fx.promote:
+                    self._promote.set()
+                    self.watcher.poke.set()
+            for asset, ts in fx.resets:
+                notice = self.pipeline.reset_asset(asset, ts)
+                if notice is not None:
+                    self._publish(BatchResult(risks=[notice]))
+                self.log.info("asset_restarted", asset=asset, after=ts)
+            self._send(fx.messages)
+            if fx.resets:
+                self._save_now({a for a, _ in fx.resets})
+        self._save_ops()
+        self._publish_health(time.monotonic(), force=False)
+
+    def _send(self, messages: list[Outgoing]) -> None:
+        for m in messages:
+            self.sender.send(m.topic, encode(m.doc), m.level)
+
+    def _publish_health(self, now: float, force: bool = False) -> None:
+        doc = self.ops.health()
+        flags = {k: v for k, v in doc.items() if k not in ("ts", "drift_psi", "alarms_in_flood_window")}
+        last, when = self._health_sent
+        if not force and flags == last and (now - when < HEALTH_EVERY_S or not doc["drift_psi"]):
+            return
+        self._health_sent = (flags, now)
+        self.link.publish(health_topic(self.cfg), encode(doc), qos=1, retain=True)
+
     def _publish(self, result: BatchResult) -> None:
         prefix = self.cfg.outputs.prefix
+        decided = self.ops.on_batch(result)
+        self._send(decided.messages)
+        result.alerts = decided.alerts
         for a in result.alerts:
             self.sender.send(f"{prefix}/alerts/{a.asset}", encode(a.doc), a.level)
             self.metrics.alerts.labels(a.level).inc()
             self.log.info("alert_raised", asset=a.asset, level=a.level,
                           previous=a.doc["previous_level"], risk=a.doc["risk"],
                           alert_id=a.doc["alert_id"])
+        if result.alerts or decided.messages or self.ops.dirty:
+            self._save_ops()
         if result.alerts:
             # A transition is checkpointed the moment it is in the outbox (outbox first: a crash
             # between the two re-sends, never loses), so a restart cannot raise it a second time.
@@ -419,8 +539,22 @@ class Agent:
             self.watcher.poke.clear()
             if self._stop.is_set():
                 return
+            if self._promote.is_set():
+                self._promote.clear()
+                self._promote_shadow()
             if self.watcher.changed() or forced:
                 self._check_new_model()
+
+    def _promote_shadow(self) -> None:
+        """The promote command: the shadow file replaces the live one, then the hot-swap takes it."""
+        try:
+            rt = promote(self.cfg)
+        except (ModelError, OSError) as exc:
+            self.metrics.commands.labels("promote", "rejected").inc()
+            self.log.error("promote_failed", reason=str(exc))
+            return
+        self.metrics.commands.labels("promote", "ok").inc()
+        self.log.info("shadow_promoted", version=rt.spec.version, path=str(self.cfg.model.path))
 
     def _check_new_model(self) -> None:
         current = self.pipeline.spec
@@ -441,5 +575,11 @@ class Agent:
             return
         old = self.pipeline.spec.version
         kept = self.pipeline.swap_model(rt)
+        self.ops.set_model(rt.spec)
+        sh = self.pipeline.shadow
+        if sh is not None and (sh.spec.channels, sh.spec.period_s, sh.spec.window) != (
+                rt.spec.channels, rt.spec.period_s, rt.spec.window):
+            self.pipeline.shadow = None
+            self.log.warning("shadow_model_dropped", reason="it no longer reads what the live model reads")
         self.metrics.model_reloads.labels("success").inc()
         self.log.info("model_swapped", old=old, new=rt.spec.version, windows_kept=kept)

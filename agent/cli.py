@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", type=Path, required=True, help="agent TOML config")
     c = sub.add_parser("check-config", help="validate a config; print what it would do")
     c.add_argument("file", type=Path)
+    pr = sub.add_parser("promote", help="make the [model.shadow] model the live one (the running "
+                                        "agent hot-swaps it)")
+    pr.add_argument("--config", type=Path, required=True, help="agent TOML config")
     return p
 
 
@@ -40,10 +43,12 @@ def check_config(path: Path) -> dict[str, Any]:
     """Validate config and model; return the summary that check-config prints."""
     from agent.config import load_config
     from agent.runtime import load_runtime
+    from agent.shadow import load_shadow
     from agent.spec import spec_summary
 
     cfg = load_config(path)
     rt = load_runtime(cfg.model)
+    shadow = load_shadow(cfg, rt)
     resolved = json.loads(cfg.model_dump_json())
     for key in ("password",):
         if resolved["broker"].get(key):
@@ -56,11 +61,31 @@ def check_config(path: Path) -> dict[str, Any]:
              "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
+        **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
+           if shadow is not None and cfg.model.shadow is not None else {}),
         "publishes": {
             "alerts": f"{cfg.outputs.prefix}/alerts/{{asset}}",
             "risk": f"{cfg.outputs.prefix}/risk/{{asset}}",
-            "status": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status"},
+            "status": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status",
+            "health": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/health",
+            "flood": f"{cfg.outputs.prefix}/alarms/flood",
+            "shelves": f"{cfg.outputs.prefix}/alarms/shelved/{{asset}}"},
+        "listens": {
+            "events": f"{cfg.outputs.prefix}/events/{{asset}}",
+            "commands": f"{cfg.outputs.prefix}/cmd/{{asset}}/ack|shelve|unshelve",
+            "promote": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/cmd/promote"},
     }
+
+
+def _promote(path: Path) -> int:
+    from agent.config import load_config
+    from agent.shadow import promote
+
+    cfg = load_config(path)
+    rt = promote(cfg)
+    print(f"promoted {cfg.model.shadow.path if cfg.model.shadow else ''} (version {rt.spec.version}) "
+          f"to {cfg.model.path}; the previous file is {cfg.model.path}.previous")
+    return 0
 
 
 def _run(path: Path) -> int:
@@ -90,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(check_config(args.file), indent=2))
             return 0
+        if args.command == "promote":
+            return _promote(args.config)
         return _run(args.config)
     except VigilError as exc:
         print(f"vigil-agent: error: {exc}", file=sys.stderr)

@@ -72,6 +72,16 @@ class BrokerConfig(_Strict):
         return self.password
 
 
+class ShadowConfig(_Strict):
+    """`[model.shadow]`: a candidate model scored beside the live one and never published.
+
+    It must read the same channels, sample period and window as the live model; its levels
+    are decided and accounted for (lead time, misses, false alarms) but never sent.
+    """
+
+    path: Path
+
+
 class ModelConfig(_Strict):
     path: Path
     # "onnx": ONNX Runtime on a .onnx export of the same model (extra `onnx`); torch is never
@@ -82,6 +92,7 @@ class ModelConfig(_Strict):
     watch_interval_s: Annotated[float, Field(ge=0)] = 2.0
     warning: Annotated[float, Field(gt=0, le=1)] | None = None
     critical: Annotated[float, Field(gt=0, le=1)] | None = None
+    shadow: ShadowConfig | None = None
 
 
 class SparkplugConfig(_Strict):
@@ -278,6 +289,35 @@ class StateConfig(_Strict):
     outbox_resend_per_s: Annotated[float, Field(gt=0)] = 50.0
 
 
+class AlarmsConfig(_Strict):
+    """`[alarms]`: alarm management in the sense of ISA-18.2 / IEC 62682.
+
+    Counted in event time, like dwell and cooldown. A flood is more than `flood_threshold`
+    alarms (raises to warning or critical) within `flood_window_s`; while it lasts, warnings
+    collapse into one summary and criticals still go out. An asset whose level changes more
+    than `chatter_toggles` times within `chatter_window_s` is chattering.
+    """
+
+    flood_threshold: Annotated[int, Field(ge=1)] = 10
+    flood_window_s: Annotated[float, Field(gt=0)] = 600.0
+    chatter_toggles: Annotated[int, Field(ge=1)] = 3
+    chatter_window_s: Annotated[float, Field(gt=0)] = 600.0
+    # How long after an alert's horizon has passed a late CMMS report may still confirm it,
+    # before the alert counts as a false alarm.
+    report_grace_s: Annotated[float, Field(ge=0)] = 0.0
+    max_shelve_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+
+
+class DriftConfig(_Strict):
+    """`[drift]`: per-channel population stability index of recent inputs against training."""
+
+    # A day: plant data has daily cycles, which a shorter window would report as drift.
+    window_s: Annotated[float, Field(gt=0)] = 86400.0
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.25
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    min_samples: Annotated[int, Field(ge=1)] = 200
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -294,6 +334,8 @@ class AgentConfig(_Strict):
     assets: AssetsConfig = AssetsConfig()
     inference: InferenceConfig = InferenceConfig()
     state: StateConfig = Field(default_factory=StateConfig)
+    alarms: AlarmsConfig = AlarmsConfig()
+    drift: DriftConfig = DriftConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -355,6 +397,9 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> AgentConfig:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = str(base / model["path"])
+    shadow = model.get("shadow") if isinstance(model, dict) else None
+    if isinstance(shadow, dict) and isinstance(shadow.get("path"), str):
+        shadow["path"] = str(base / shadow["path"])
     state = raw.get("state")
     if isinstance(state, dict) and isinstance(state.get("dir"), str):
         state["dir"] = str(base / state["dir"])

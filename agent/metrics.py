@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -10,6 +11,14 @@ from agent.ingest import Reason
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Warning lead times: from minutes to weeks.
+_LEAD_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0,
+                 2 * 86400.0, 4 * 86400.0, 7 * 86400.0, 14 * 86400.0)
+EVENT_KINDS = ("maintenance_start", "maintenance_end", "failure", "repair")
+COMMANDS = ("ack", "shelve", "unshelve", "promote")
+COMMAND_RESULTS = ("ok", "noop", "rejected")
+MODELS = ("live", "shadow")
+SUPPRESSED_BY = ("maintenance", "shelved", "flood")
 
 
 class Metrics:
@@ -76,10 +85,66 @@ class Metrics:
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
 
+        self._operations(r)
+
+    def _operations(self, r: CollectorRegistry) -> None:
+        """The operations loop: CMMS events, operator commands, alarm management, accounting."""
+        self.events = Counter("vigil_events", "CMMS events received, by kind.", ["event"], registry=r)
+        for e in EVENT_KINDS:
+            self.events.labels(e)
+        self.commands = Counter("vigil_commands", "Operator commands, by command and result.",
+                                ["command", "result"], registry=r)
+        for c in COMMANDS:
+            for res in COMMAND_RESULTS:
+                self.commands.labels(c, res)
+        self.alerts_suppressed = Counter(
+            "vigil_alerts_suppressed",
+            "Level transitions not published, by why (maintenance, shelved, flood).",
+            ["reason"], registry=r)
+        for why in SUPPRESSED_BY:
+            self.alerts_suppressed.labels(why)
+        self.assets_in_maintenance = Gauge("vigil_assets_in_maintenance",
+                                           "Assets out of service for maintenance.", registry=r)
+        self.assets_shelved = Gauge("vigil_assets_shelved", "Assets whose alarms are shelved.", registry=r)
+        self.alarm_floods = Counter("vigil_alarm_floods", "Alarm floods that began.", registry=r)
+        self.alarm_flood_active = Gauge("vigil_alarm_flood_active", "1 while an alarm flood lasts.",
+                                        registry=r)
+        self.alarm_rate = Gauge("vigil_alarms_in_flood_window",
+                                "Alarms raised within the flood window (event time).", registry=r)
+        self.chattering_assets = Gauge("vigil_chattering_assets",
+                                       "Assets whose level changes too often (chattering).", registry=r)
+        self.lead_time = Histogram(
+            "vigil_alert_lead_time_seconds",
+            "From the first alert within the horizon to the failure it warned of (event time).",
+            ["model"], buckets=_LEAD_BUCKETS, registry=r)
+        self.failures_missed = Counter("vigil_failures_missed",
+                                       "Failures with no alert within the horizon before them.",
+                                       ["model"], registry=r)
+        self.false_alarms = Counter("vigil_false_alarms",
+                                    "Alerts with no failure or repair within their horizon.", ["model"],
+                                    registry=r)
+        self.true_alarms = Counter("vigil_true_alarms",
+                                   "Alerts confirmed by a failure or repair within their horizon.",
+                                   ["model"], registry=r)
+        for m in MODELS:
+            self.lead_time.labels(m)
+            self.failures_missed.labels(m)
+            self.false_alarms.labels(m)
+            self.true_alarms.labels(m)
+        self.drift_psi = Gauge("vigil_input_drift_psi",
+                               "Population stability index of recent inputs against training, per channel.",
+                               ["channel"], registry=r)
+        self.refit_recommended = Gauge("vigil_refit_recommended",
+                                       "1 when input drift passes [drift] psi_threshold.", registry=r)
+        self.event_time = Gauge("vigil_event_time_seconds",
+                                "The newest event time scored (unix time): the clock shelves, floods and "
+                                "alert horizons run on.", registry=r)
+        self.shadow_info = Gauge("vigil_shadow_model_info", "The shadow model scored beside the live one.",
+                                 ["version"], registry=r)
+
     def set_model(self, version: str, created_at: str = "") -> None:
         self.model_info.clear()
         self.model_info.labels(version).set(1)
-        try:
+        # An older file without a creation time: the gauge stays where it was.
+        with contextlib.suppress(ValueError):
             self.model_created.set(datetime.fromisoformat(created_at).timestamp())
-        except ValueError:
-            pass  # an older file without a creation time: the gauge stays where it was

@@ -25,6 +25,20 @@ def status_topic(cfg: AgentConfig) -> str:
     return f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status"
 
 
+def health_topic(cfg: AgentConfig) -> str:
+    """Retained JSON beside the plain `status`: flood, chatter, maintenance, drift."""
+    return f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/health"
+
+
+def control_filters(cfg: AgentConfig) -> list[str]:
+    """What the operations loop listens to: CMMS events and operator commands."""
+    p = cfg.outputs.prefix
+    return [f"{p}/events/+", f"{p}/cmd/+/+", f"{p}/agents/{cfg.resolved_agent_id}/cmd/+"]
+
+
+Control = tuple[str, bytes, list[tuple[str, str]]]  # topic, payload, MQTT 5 user properties
+
+
 class Link:
     """Connects, keeps the connection, subscribes, publishes; reports events through callbacks.
 
@@ -33,7 +47,8 @@ class Link:
     """
 
     def __init__(self, cfg: AgentConfig, *, on_message: Callable[[int, str, bytes], bool],
-                 on_ack: Callable[[int, bool], None], on_state: Callable[[bool], None], log: Any) -> None:
+                 on_ack: Callable[[int, bool], None], on_state: Callable[[bool], None], log: Any,
+                 on_control: Callable[[Control], bool] | None = None) -> None:
         self.cfg = cfg
         self.log = log
         self._on_message = on_message
@@ -68,6 +83,12 @@ class Link:
         self.client.on_publish = self._published
         self.client.on_connect_fail = self._connect_failed
         self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
+        self._on_control = on_control
+        if on_control is not None:
+            # paho routes these itself, so the readings' hot path does not test them.
+            for f in control_filters(cfg):
+                self.client.message_callback_add(f, self._control)
+                self._filters.append((-1, f, 1))
         self._match = [(i, s.topic_filter) for i, s in enumerate(cfg.subscriptions)]
 
     @property
@@ -150,6 +171,14 @@ class Link:
             if mqtt.topic_matches_sub(f, msg.topic):
                 take = self._on_message(i, msg.topic, bytes(msg.payload))
                 break
+        if take and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+
+    def _control(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        user = list(getattr(props, "UserProperty", None) or [])
+        assert self._on_control is not None
+        take = self._on_control((msg.topic, bytes(msg.payload), user))
         if take and msg.qos > 0:
             client.ack(msg.mid, msg.qos)
 

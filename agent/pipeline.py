@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from agent.risk import (
     top_channels,
 )
 from agent.runtime import Runtime
+from agent.shadow import ShadowScorer, ShadowTransition
 from agent.sparkplug import Command, Host, HostOptions, Output
 from agent.sparkplug.codec import ChannelMap
 from agent.spec import ModelSpec, Thresholds
@@ -43,7 +45,8 @@ from agent.windows import AssetWindow, Update, cell_of
 class AssetState:
     """Everything the agent keeps for one asset."""
 
-    __slots__ = ("arrival", "dead_until", "historical", "level", "risk", "stale", "surprise", "window")
+    __slots__ = ("arrival", "dead_until", "floor_ts", "historical", "level", "risk", "stale", "surprise",
+                 "window")
 
     def __init__(self, window: AssetWindow, surprise: SurpriseTracker, level: LevelMachine) -> None:
         self.window = window
@@ -58,6 +61,8 @@ class AssetState:
         # Set when the source announced its death (Sparkplug NDEATH/DDEATH): windows up to this
         # cell closed before the notice and must not clear `stale` when they are scored late.
         self.dead_until = -1
+        # Readings at or before a repair describe the old machine: refused as late.
+        self.floor_ts = -math.inf
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class RiskOut:
     asset: str
     doc: dict[str, Any]
     arrival: float
+    ts: float = math.nan  # the doc's `ts` as epoch seconds
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,18 @@ class AlertOut:
     asset: str
     level: str
     doc: dict[str, Any]
+    ts: float = math.nan      # event time of the transition, epoch seconds
+    previous: str = "ok"
 
 
 @dataclass
 class BatchResult:
     risks: list[RiskOut] = field(default_factory=list)
     alerts: list[AlertOut] = field(default_factory=list)
+    shadow: list[ShadowTransition] = field(default_factory=list)
+    # The newest cell of each scored window (raw units) and its event time: drift's input.
+    inputs: np.ndarray | None = None
+    input_ts: np.ndarray | None = None
 
 
 class Pipeline:
@@ -111,6 +123,7 @@ class Pipeline:
                       for i, s in enumerate(cfg.subscriptions) if s.codec == "sparkplug"}
         self.commands: list[Command] = []   # rebirth requests (NCMD), QoS 0, not retained
         self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH made stale
+        self.shadow: ShadowScorer | None = None
         self._set_runtime(runtime)
 
     # -- model -------------------------------------------------------------------------------
@@ -201,6 +214,9 @@ class Pipeline:
                 rejects.extend([Reason.ASSET_LIMIT] * len(chans))
                 return 0
             st = self.assets[asset] = self._new_asset()
+        if ts <= st.floor_ts:
+            rejects.extend([Reason.LATE] * len(chans))
+            return 0
         if ts != self._cell_ts:  # readings of one instant share a cell: compute it once
             self._cell_ts, self._cell = ts, cell_of(ts, self.spec.period_s)
         cell = self._cell
@@ -272,6 +288,8 @@ class Pipeline:
             if len(self.assets) >= self.cfg.windows.max_assets:
                 return Reason.ASSET_LIMIT
             st = self.assets[r.asset] = self._new_asset()
+        if r.ts <= st.floor_ts:
+            return Reason.LATE
         w = st.window
         before = len(w.ready)
         res = w.update(cell_of(r.ts, self.spec.period_s), r.channel, r.ts, r.value)
@@ -400,10 +418,16 @@ class Pipeline:
         if not names:
             return out
         s = self.spec
-        x = s.normalise(np.stack(xs))
+        raw = np.stack(xs)
+        x = s.normalise(raw)
         t0 = time.perf_counter()
         outputs = self.runtime.infer(x)
         self.metrics.inference_duration.observe(time.perf_counter() - t0)
+        out.inputs = raw[:, -1, :]
+        out.input_ts = np.asarray([t if t == t else e * s.period_s
+                                   for t, e in zip(stamps, ends, strict=True)])
+        if self.shadow is not None:
+            out.shadow = self.shadow.score(names, ends, list(out.input_ts), raw, [not h for h in history])
         self.metrics.inference_batch_size.observe(len(names))
         self.metrics.windows_inferred.inc(len(names))
         for i, asset in enumerate(names):
@@ -455,7 +479,41 @@ class Pipeline:
                "model_version": self.spec.version}
         if rul is not None:
             doc["rul"] = rul
-        return RiskOut(asset, doc, st.arrival)
+        ts = newest_ts if newest_ts == newest_ts else end * self.spec.period_s
+        return RiskOut(asset, doc, st.arrival, ts)
+
+    def reset_asset(self, asset: str, ts: float) -> RiskOut | None:
+        """Start an asset afresh after a repair: empty window, level ok, readings up to `ts` refused.
+
+        Returns the risk notice to publish (None for an asset this agent does not serve).
+        """
+        old = self.assets.get(asset)
+        if old is None and (not self._serves(asset) or len(self.assets) >= self._max_assets):
+            return None
+        if old is not None:
+            self.n_ready -= len(old.window.ready)
+            self._due.pop(asset, None)
+        st = self.assets[asset] = self._new_asset()
+        st.floor_ts = max(ts, old.floor_ts if old is not None else -math.inf)
+        if self.shadow is not None:
+            self.shadow.forget(asset)
+        self.dirty.add(asset)
+        notice = self._risk_doc(asset, st, cell_of(ts, self.spec.period_s), ts, {})
+        # The event's time is the CMMS clock's, not the readings': it must not move event time on.
+        return RiskOut(notice.asset, notice.doc, notice.arrival)
+
+    def serves(self, asset: str) -> bool:
+        """Whether this agent serves `asset` ([assets] allow and partition)."""
+        return self._serves(asset)
+
+    def set_floor(self, asset: str, ts: float) -> None:
+        """Refuse readings of `asset` at or before `ts` (a repair restored after a restart)."""
+        st = self.assets.get(asset)
+        if st is None:
+            if not self._serves(asset) or len(self.assets) >= self._max_assets:
+                return
+            st = self.assets[asset] = self._new_asset()
+        st.floor_ts = max(st.floor_ts, ts)
 
     def _alert(self, asset: str, cell: int, newest_ts: float, level: Level, previous: Level,
                risk: float, per_channel: np.ndarray | None, rul: float | None) -> AlertOut:
@@ -470,7 +528,8 @@ class Pipeline:
         }
         if rul is not None:
             doc["rul"] = rul
-        return AlertOut(asset, level.label, doc)
+        ts = newest_ts if newest_ts == newest_ts else cell * self.spec.period_s
+        return AlertOut(asset, level.label, doc, ts, previous.label)
 
 
 def _host_options(sub: SubscriptionConfig, max_assets: int) -> HostOptions:

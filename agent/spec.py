@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -139,6 +140,9 @@ class ModelSpec:
     rul_cap: float = 0.0
     # The `anomaly_nll` head's healthy distribution (None: no such head; older files).
     anomaly: AnomalyStats | None = None
+    # Per channel, quantiles of the raw training inputs at evenly spaced probabilities 0..1: the
+    # reference the agent's drift measure (PSI) compares recent inputs with. Older files: empty.
+    input_quantiles: tuple[tuple[float, ...], ...] = ()
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -228,8 +232,12 @@ def _problems(s: ModelSpec) -> list[str]:
     elif s.anomaly is not None and (len(s.anomaly.quantiles) < 2 or any(
             b < a for a, b in zip(s.anomaly.quantiles, s.anomaly.quantiles[1:], strict=False))):
         out.append("anomaly quantiles must be >= 2 non-decreasing values")
+    iq = s.input_quantiles
+    if iq and (len(iq) != n or any(len(row) < 3 or not all(map(np.isfinite, row))
+                                    or any(b < a for a, b in itertools.pairwise(row)) for row in iq)):
+        out.append("input_quantiles need, per channel, >= 3 finite non-decreasing values")
     q = s.surprise.quantiles
-    if len(q) < 2 or any(b < a for a, b in zip(q, q[1:], strict=False)):
+    if len(q) < 2 or any(b < a for a, b in itertools.pairwise(q)):
         out.append("surprise quantiles must be >= 2 non-decreasing values")
     if not 0 < s.surprise.ewma_alpha <= 1:
         out.append("surprise ewma_alpha must be in (0, 1]")

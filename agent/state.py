@@ -80,6 +80,9 @@ class Checkpoint:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS assets (asset TEXT PRIMARY KEY, state BLOB)")
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            # Operations state (maintenance, shelves, acknowledgements, pending accounting): per
+            # asset JSON that does not depend on the model, so a model change keeps it.
+            self._db.execute("CREATE TABLE IF NOT EXISTS ops (asset TEXT PRIMARY KEY, state TEXT)")
         except sqlite3.Error as exc:
             raise VigilError(f"state checkpoint {path}: {exc}") from exc
 
@@ -106,6 +109,22 @@ class Checkpoint:
 
     def load(self) -> dict[str, bytes]:
         return {str(a): bytes(b) for a, b in self._db.execute("SELECT asset, state FROM assets")}
+
+    def save_ops(self, rows: dict[str, str | None]) -> None:
+        """Write per-asset operations state in one transaction (None deletes the asset's row)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO ops VALUES (?, ?)",
+                           ((a, v) for a, v in rows.items() if v is not None))
+            db.executemany("DELETE FROM ops WHERE asset = ?", ((a,) for a, v in rows.items() if v is None))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+
+    def load_ops(self) -> dict[str, str]:
+        return {str(a): str(v) for a, v in self._db.execute("SELECT asset, state FROM ops")}
 
     def close(self) -> None:
         self._db.close()

@@ -26,7 +26,15 @@ from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
 from training.gan import GanConfig, diversity, pre_failure, train_gan, with_synthetic
-from training.labels import Inputs, Split, WindowSet, build_windows, fit_normalisation, split_by_asset
+from training.labels import (
+    Inputs,
+    Split,
+    WindowSet,
+    build_windows,
+    fit_normalisation,
+    input_quantiles,
+    split_by_asset,
+)
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.train import TrainConfig, TrainResult, seed_everything, train
@@ -215,7 +223,8 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     val_metrics = metrics_of(val_scored, p.val, spec)
     gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
                    if k in ("windows", "spread_ratio", "nn_ratio")}
-    spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics})
+    spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics},
+                   input_quantiles=input_quantiles(p.train))
     probe = val_data.x(np.arange(min(len(p.val), 64)))
     served: torch.nn.Module = model if vae is None else WithAnomaly(model, vae)
     spec = export(served, spec, probe, opts.out)

@@ -236,6 +236,20 @@ def training_rows(ws: WindowSet) -> FloatArray:
     return ws.cells[np.cumsum(edges[:-1]) > 0]
 
 
+def input_quantiles(ws: WindowSet, n: int = 11) -> tuple[tuple[float, ...], ...]:
+    """Per channel, `n` quantiles (probabilities 0..1) of the rows training windows cover.
+
+    Stored in the model file as the reference for the agent's input-drift measure (PSI).
+    """
+    rows = training_rows(ws)
+    if len(rows) == 0:
+        return ()
+    q = np.nanquantile(rows, np.linspace(0.0, 1.0, n), axis=0)  # [n, C]
+    if not np.isfinite(q).all():
+        return ()
+    return tuple(tuple(float(v) for v in q[:, c]) for c in range(q.shape[1]))
+
+
 def fit_normalisation(ws: WindowSet, regime_channels: tuple[int, ...] = (), n_regimes: int | None = None,
                       scaling: Scaling = "z", seed: int = 0) -> Normalisation:
     """The normalisation fitted on the rows training windows cover (per regime if there are several)."""

@@ -32,6 +32,22 @@ class TestDashboard:
                      "model version", "broker connection"):
             assert view in titles, view
 
+    def test_shows_live_lead_time_and_false_alarms(self) -> None:
+        """The operations loop's views: live lead time, false alarms and misses (live beside shadow),
+        alarm floods and rate, drift; each queries the metric it names."""
+        exprs = {p["title"].lower(): " ".join(t["expr"] for t in p["targets"]) for p in panels()}
+        for title, metric in (("live lead time", "vigil_alert_lead_time_seconds_bucket"),
+                              ("false alarms (live", "vigil_false_alarms_total"),
+                              ("missed failures", "vigil_failures_missed_total"),
+                              ("live vs shadow", "vigil_alert_lead_time_seconds_bucket"),
+                              ("alarm flood", "vigil_alarm_flood_active"),
+                              ("alarm rate", "vigil_alarms_in_flood_window"),
+                              ("input drift", "vigil_input_drift_psi")):
+            (hit,) = [e for t, e in exprs.items() if t.startswith(title)]
+            assert metric in hit, title
+        (versus,) = [e for t, e in exprs.items() if t.startswith("live vs shadow")]
+        assert "by (le, model)" in versus and "by (model)" in versus
+
     def test_latency_panels_show_quantiles(self) -> None:
         """The inference latency panel plots p50, p90 and p99 from the histogram's buckets."""
         (panel,) = [p for p in panels() if p["title"].lower().startswith("inference latency")]

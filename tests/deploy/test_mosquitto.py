@@ -28,7 +28,8 @@ from tests.procs import BIN, cli, http_get, metric
 
 pytestmark = pytest.mark.integration
 
-USERS = {"plant-sensors": "s3nsors", "vigil-agent": "ag3nt", "vigil-consumer": "c0nsumer"}
+USERS = {"plant-sensors": "s3nsors", "vigil-agent": "ag3nt", "vigil-consumer": "c0nsumer",
+         "vigil-operator": "0perator", "cmms-bridge": "cmm5", "vigil-engineer": "eng1neer"}
 
 
 def make_certs(d: Path) -> None:
@@ -229,3 +230,26 @@ def test_shipped_broker_and_agent_configs_work_together(gateway_broker: GatewayB
         if agent.poll() is None:
             agent.kill()
             agent.wait(10)
+
+
+def test_acl_keeps_operations_topics_to_operators(gateway_broker: GatewayBroker) -> None:
+    """Only operators may acknowledge and shelve, only the CMMS bridge may report events, only
+    engineers may promote a model; consumers and the agent itself may do none of it."""
+    tool("mosquitto_passwd")
+    port = gateway_broker.port
+    allowed = {
+        "vigil-operator": ["vigil/cmd/pump-1/ack", "vigil/cmd/pump-1/shelve", "vigil/cmd/pump-1/unshelve"],
+        "cmms-bridge": ["vigil/events/pump-1"],
+        "vigil-engineer": ["vigil/agents/gw-01/cmd/promote"],
+        "vigil-agent": ["vigil/alerts/pump-1", "vigil/alarms/flood", "vigil/agents/gw-01/health"],
+    }
+    everything = [t for topics in allowed.values() for t in topics if not t.startswith("vigil/al")
+                  and not t.endswith("/health")]
+    for user in [*allowed, "vigil-consumer"]:
+        c = Client(port, user)
+        try:
+            for topic in everything + allowed.get(user, []):
+                refused = c.publish(topic, {"ts": 1}).is_failure
+                assert refused == (topic not in allowed.get(user, [])), (user, topic)
+        finally:
+            c.close()
