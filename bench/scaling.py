@@ -59,16 +59,19 @@ class SizeResult:
     readings_per_cpu_s: float
     readings_per_wall_s: float
     latency: dict[float, tuple[float, float, int]] = field(default_factory=dict)  # load: p50, p99, n
+    # load: (agent CPU-seconds per wall second, mean inference batch) while publishing live
+    busy: dict[float, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def capacity(self) -> float:
         return min(self.readings_per_cpu_s, self.readings_per_wall_s)
 
 
-def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float) -> SizeResult:
+def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float,
+             checkpoint_s: float) -> SizeResult:
     with fresh_broker(tmp, f"scale-{n}") as (broker, capture):
         agent = start_agent(tmp, broker, model, "torchscript", "json-multi", f"scale-{n}",
-                            queue_size=5_000_000)
+                            queue_size=5_000_000, checkpoint_s=checkpoint_s)
         pub = h.RawPublisher(broker.port, f"pub-{n}")
         try:
             warm_up(agent, pub, n, T_EV, chunk=max(25, n // 40))
@@ -80,11 +83,21 @@ def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float) -> 
             first = cells
             for load in LOADS:
                 rate = load * res.capacity
+                before, cpu0, t0 = agent.scrape(), h.cpu_seconds(agent.pid), time.monotonic()
                 res.latency[load], first = live(agent, pub, capture, n, first, rate, live_s)
+                after, cpu1, t1 = agent.scrape(), h.cpu_seconds(agent.pid), time.monotonic()
+                res.busy[load] = ((cpu1 - cpu0) / (t1 - t0), mean_batch(before, after))
         finally:
             pub.close()
             agent.stop()
     return res
+
+
+def mean_batch(before: str, after: str) -> float:
+    """Mean inference batch size between two scrapes."""
+    name = "vigil_inference_batch_size"
+    n = h.metric(after, f"{name}_count") - h.metric(before, f"{name}_count")
+    return (h.metric(after, f"{name}_sum") - h.metric(before, f"{name}_sum")) / n if n else float("nan")
 
 
 def drain(agent: h.AgentProc, pub: h.RawPublisher, capture: RiskCapture, n: int, cells: int) -> SizeResult:
@@ -177,6 +190,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,1000,10000", help="asset counts, comma-separated")
     ap.add_argument("--quick", action="store_true", help="shorter runs, noisier")
     ap.add_argument("--plots", type=Path, help="write scaling.png here")
+    ap.add_argument("--checkpoint-s", type=float, default=10.0,
+                    help="the agent's checkpoint interval (default 10 s, the agent's default)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if h.CPU_REST in h.cpus():
@@ -190,7 +205,7 @@ def main() -> int:
         for n in sizes:
             print(f"[{time.monotonic() - started:5.0f} s] {n:,} assets ...", file=sys.stderr, flush=True)
             results.append(run_size(tmp, model, n, 50_000 if args.quick else 100_000,
-                                    6.0 if args.quick else 12.0))
+                                    6.0 if args.quick else 12.0, args.checkpoint_s))
     figure = plot(results, args.plots) if args.plots else None
     return report(results, figure, time.monotonic() - started, args.quick)
 
@@ -201,6 +216,8 @@ def size_summary(r: SizeResult) -> dict[str, float]:
     for x in LOADS:
         out[f"p50_ms_at_{int(100 * x)}pct"] = round(r.latency[x][0], 1)
         out[f"p99_ms_at_{int(100 * x)}pct"] = round(r.latency[x][1], 1)
+        out[f"cpu_busy_at_{int(100 * x)}pct"] = round(r.busy[x][0], 3)
+        out[f"mean_batch_at_{int(100 * x)}pct"] = round(r.busy[x][1], 1)
     return out
 
 
@@ -211,6 +228,10 @@ def report(results: list[SizeResult], figure: Path | None, took: float, quick: b
         rows.append((fmt(r.assets), f"{r.rss_mib:.0f}", fmt(r.readings_per_cpu_s), fmt(r.readings_per_wall_s),
                      *[f"{r.latency[x][0]:.1f} / {r.latency[x][1]:.1f}" for x in LOADS]))
     print(table(rows))
+    print()
+    print(table([("assets", *[f"agent CPU busy / mean batch at {int(100 * x)}%" for x in LOADS])]
+                + [(fmt(r.assets), *[f"{100 * r.busy[x][0]:.0f}% / {r.busy[x][1]:.0f}" for x in LOADS])
+                   for r in results]))
     sizes = np.array([r.assets for r in results], dtype=float)
     rss = np.array([r.rss_mib for r in results])
     kib = float(np.polyfit(sizes, rss, 1)[0] * 1024) if len(results) > 1 else float("nan")
