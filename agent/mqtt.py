@@ -19,6 +19,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent.config import AgentConfig
 from agent.errors import BrokerError, ConfigError
 from agent.logs import RateLimited
+from agent.topics import Filter, first_match
 
 
 def status_topic(cfg: AgentConfig) -> str:
@@ -84,12 +85,15 @@ class Link:
         self.client.on_connect_fail = self._connect_failed
         self._filters = [(i, s.filter, s.qos) for i, s in enumerate(cfg.subscriptions)]
         self._on_control = on_control
+        # Control topics all live under the output prefix: one `startswith` per reading keeps
+        # them off the readings' path (paho's own per-callback matcher would cost every message).
+        self._control_prefix = f"{cfg.outputs.prefix}/"
+        self._control_match: list[tuple[int, Filter]] = []
         if on_control is not None:
-            # paho routes these itself, so the readings' hot path does not test them.
             for f in control_filters(cfg):
-                self.client.message_callback_add(f, self._control)
+                self._control_match.append((-1, Filter(f)))
                 self._filters.append((-1, f, 1))
-        self._match = [(i, s.topic_filter) for i, s in enumerate(cfg.subscriptions)]
+        self._match = [(i, Filter(s.topic_filter)) for i, s in enumerate(cfg.subscriptions)]
 
     @property
     def tls(self) -> ssl.SSLContext | None:
@@ -166,11 +170,15 @@ class Link:
         self._on_state(False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if (self._control_match and topic.startswith(self._control_prefix)
+                and first_match(self._control_match, topic) is not None):
+            self._control(client, userdata, msg)
+            return
         take = True
-        for i, f in self._match:
-            if mqtt.topic_matches_sub(f, msg.topic):
-                take = self._on_message(i, msg.topic, bytes(msg.payload))
-                break
+        i = first_match(self._match, topic)
+        if i is not None:
+            take = self._on_message(i, topic, bytes(msg.payload))
         if take and msg.qos > 0:
             client.ack(msg.mid, msg.qos)
 
