@@ -171,7 +171,7 @@ class Pipeline:
         s = self.spec
         return AssetState(
             AssetWindow(s.n_channels, s.window, max_gap=w.max_gap, lateness=w.allowed_lateness,
-                        stride=w.stride, agg=w.aggregation),
+                        stride=w.stride, agg=w.aggregation, precise=not s.normalisation.float32_exact),
             SurpriseTracker(s.surprise.ewma_alpha), LevelMachine(self.thresholds))
 
     def ingest(self, sub_index: int, topic: str, payload: bytes, arrival_wall: float,
@@ -435,10 +435,12 @@ class Pipeline:
             per_channel = None
             p_surprise = None
             if outputs.forecast_mean is not None and outputs.forecast_logvar is not None:
+                # The tracker keeps the forecast until the next window: float32, as the model
+                # made it (a copy, so the batch's arrays are not held); compared in float64.
                 per_channel = st.surprise.update(
                     ends[i], x[i, -s.horizon :].astype(np.float64),
-                    outputs.forecast_mean[i].astype(np.float64),
-                    outputs.forecast_logvar[i].astype(np.float64))
+                    outputs.forecast_mean[i].astype(np.float32),
+                    outputs.forecast_logvar[i].astype(np.float32))
                 if per_channel is not None:
                     p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
             p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ import numpy.typing as npt
 from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
 
 FloatArray = npt.NDArray[np.float64]
+AnyFloatArray = npt.NDArray[np.floating[Any]]  # float32 or float64
 _EPS = 1e-6
 
 
@@ -30,14 +32,17 @@ class Level(IntEnum):
         return self.name.lower()
 
 
-def surprise_z2(mean: FloatArray, logvar: FloatArray, observed: FloatArray) -> FloatArray:
+def surprise_z2(mean: AnyFloatArray, logvar: AnyFloatArray, observed: FloatArray) -> FloatArray:
     """Per-channel mean squared z-score of observed cells under a forecast.
 
     `mean` and `logvar` are the forecast [H, C] made at some cell; `observed` the k <= H
     normalised cells that followed it. Under a calibrated forecast each term is about 1.
     """
     k = min(len(observed), len(mean))
-    z2 = (observed[:k] - mean[:k]) ** 2 * np.exp(-logvar[:k])
+    # In float64 whatever the forecast's dtype (the agent keeps it as float32): exp of a
+    # float32 would round differently from training's.
+    mu, lv = np.asarray(mean[:k], dtype=np.float64), np.asarray(logvar[:k], dtype=np.float64)
+    z2 = (observed[:k] - mu) ** 2 * np.exp(-lv)
     return np.asarray(np.mean(z2, axis=0), dtype=np.float64)
 
 
@@ -49,12 +54,13 @@ class SurpriseTracker:
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         self.forecast_cell = -1
-        self.mean: FloatArray | None = None
-        self.logvar: FloatArray | None = None
+        # The last forecast [H, C]: the agent keeps it as float32, as the model made it.
+        self.mean: AnyFloatArray | None = None
+        self.logvar: AnyFloatArray | None = None
         self.ewma: FloatArray | None = None
 
-    def update(self, end_cell: int, window_tail: FloatArray, mean: FloatArray,
-               logvar: FloatArray) -> FloatArray | None:
+    def update(self, end_cell: int, window_tail: FloatArray, mean: AnyFloatArray,
+               logvar: AnyFloatArray) -> FloatArray | None:
         """Compare the cells since the last forecast with it, then keep the new forecast.
 
         `window_tail` holds the newest normalised cells of the window ending at `end_cell`.

@@ -67,8 +67,8 @@ class ShadowScorer:
             p_surprise = None
             if out.forecast_mean is not None and out.forecast_logvar is not None:
                 per_channel = self.surprise[asset].update(
-                    ends[i], x[i, -s.horizon:].astype(np.float64), out.forecast_mean[i].astype(np.float64),
-                    out.forecast_logvar[i].astype(np.float64))
+                    ends[i], x[i, -s.horizon:].astype(np.float64), out.forecast_mean[i].astype(np.float32),
+                    out.forecast_logvar[i].astype(np.float32))  # kept as float32, as in the pipeline
                 if per_channel is not None:
                     p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
             p_fail = float(out.fail_prob[i]) if out.fail_prob is not None else None

@@ -20,6 +20,10 @@ METADATA_FILE = "vigil.json"
 KNOWN_HEADS = ("forecast_mean", "forecast_logvar", "fail_prob", "rul", "anomaly_nll")
 
 
+# |mean| / std beyond which a channel's readings are kept in float64 (see float32_exact).
+FLOAT32_MAX_OFFSET = 1_000.0
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Per-channel affine normalisation fitted on training data: (x - mean) / std.
@@ -44,6 +48,16 @@ class Normalisation:
     @property
     def n_regimes(self) -> int:
         return len(self.regime_centres)
+
+    @property
+    def float32_exact(self) -> bool:
+        """Whether raw readings survive float32 storage: float32 keeps ~7 digits, so a channel
+        whose mean is more than ~1,000 standard deviations from zero (a totalising counter near
+        1e8 that moves by units) would lose more than 1e-4 of a standard deviation."""
+        pairs = list(zip(self.mean, self.std, strict=True))
+        for means, stds in zip(self.regime_mean, self.regime_std, strict=True):
+            pairs += zip(means, stds, strict=True)
+        return all(abs(m) <= FLOAT32_MAX_OFFSET * s for m, s in pairs)
 
     def regime_of(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int64]:
         """The regime index of each cell of `x` [..., C] (zeros without regimes)."""

@@ -18,7 +18,12 @@ from agent.errors import VigilError
 from agent.risk import LevelMachine, SurpriseTracker
 from agent.windows import AssetWindow
 
-_FORMAT = 1
+# 2: window values float32 (`last`), event times for recent cells only, forecasts float32.
+# Rows of format 1 (float64 arrays, event times for every slot) are converted on loading; an
+# agent of format 1 refuses rows of format 2 (and starts those assets afresh) rather than
+# misread them.
+_FORMAT = 2
+_READS = (1, 2)
 _HEADER = struct.Struct("<I")
 
 
@@ -52,7 +57,7 @@ def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: 
     """Fill freshly made state objects from `dump_asset` bytes; returns (stale, risk)."""
     (n,) = _HEADER.unpack_from(blob)
     head = json.loads(blob[_HEADER.size : _HEADER.size + n])
-    if head.get("format") != _FORMAT:
+    if head.get("format") not in _READS:
         raise ValueError(f"checkpoint format {head.get('format')}")
     offset = _HEADER.size + n
     arrays: dict[str, np.ndarray] = {}
@@ -64,10 +69,16 @@ def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: 
     window.restore(arrays, head["window"])
     level.restore(head["level"])
     surprise.forecast_cell = head["forecast_cell"]
-    surprise.mean = arrays.get("s_mean")
-    surprise.logvar = arrays.get("s_logvar")
+    # Forecasts were written as float64 by format 1: the model's float32 values, so exact here.
+    surprise.mean = _float32(arrays.get("s_mean"))
+    surprise.logvar = _float32(arrays.get("s_logvar"))
     surprise.ewma = arrays.get("s_ewma")
     return bool(head["stale"]), float(head["risk"])
+
+
+def _float32(a: np.ndarray | None) -> np.ndarray | None:
+    """A kept forecast as float32, what the pipeline keeps (format 1 wrote float64)."""
+    return None if a is None else a.astype(np.float32)
 
 
 class Checkpoint:

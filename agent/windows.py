@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
@@ -128,6 +129,12 @@ class Closed:
     newest_ts: float
 
 
+@functools.cache
+def _row(code: str, value: float, n: int) -> array[Any]:
+    """A shared row of `n` copies of `value`, to reset a slot of a ring with one slice copy."""
+    return array(code, [value]) * n
+
+
 class AssetWindow:
     """Recent cells of one asset in a preallocated ring buffer, closed by event time.
 
@@ -136,6 +143,11 @@ class AssetWindow:
     every closed window is scored however fast readings arrive (a replay at 100x decides
     as real time does). Readings up to `lateness` cells behind the newest still land in
     their cell and count for later windows.
+
+    Memory per asset is what the agent's footprint scales with (DESIGN: about 10 KiB an
+    asset), so the rings are flat `array.array`s, indexed directly per reading, with numpy
+    views made only where a whole window is read: an ndarray plus the memoryview that fast
+    element access needs costs ~0.6 KB an array an asset over the data itself.
     """
 
     def __init__(
@@ -147,6 +159,7 @@ class AssetWindow:
         lateness: int,
         stride: int = 1,
         agg: Aggregation = "last",
+        precise: bool = False,
     ) -> None:
         self.n_channels = n_channels
         self.window = window
@@ -156,32 +169,43 @@ class AssetWindow:
         self.agg = agg
         # Room for the window, the look-back that forward filling needs, and late readings.
         self.capacity = window + max_gap + lateness + 1
-        self._values = np.full((self.capacity, n_channels), np.nan)
-        self._ts = np.full((self.capacity, n_channels), -np.inf)
+        # `last` keeps a reading's value as it came, rounded once to float32, which is what the
+        # model computes in (half the memory of float64). `mean` keeps a running average, which
+        # float32 would round at every reading, so it stays float64; so does `precise` (a
+        # channel whose offset dwarfs its spread, see `Normalisation.float32_exact`).
+        wide = agg == "mean" or precise
+        self._code = "d" if wide else "f"
+        self._dtype = np.dtype(np.float64 if wide else np.float32)
+        self._v = _row(self._code, math.nan, self.capacity * n_channels)[:]  # [capacity, C]
+        # Event times are needed only while a cell still takes readings (duplicates, newest
+        # wins, newest_ts of a closing cell): a ring of the newest lateness + 1 cells, float64
+        # so that every distinct event time stays distinct.
+        self._span = lateness + 1
+        self._t = _row("d", _NEG_INF, self._span * n_channels)[:]  # [span, C]
+        self._c = _row("q", -1, self.capacity)[:]  # the cell each slot holds, -1 for none
+        self._filled = [0] * self._span  # channels with a value, per slot of `_t`
         # Readings per cell and channel, which only `mean` counts: with `last` a shared read-only
         # view of zeros (checkpoints still carry the array), ~2.6 KB less per asset.
         self._count = (np.zeros((self.capacity, n_channels), dtype=np.int32) if agg == "mean"
                        else np.broadcast_to(_ZERO_COUNT, (self.capacity, n_channels)))
-        self._cell = np.full(self.capacity, -1, dtype=np.int64)
-        self._filled = [0] * self.capacity  # channels with a value, per slot
         # `mean` must never average a redelivered reading in, so it remembers the last few
-        # event times per cell and channel (`last` needs only the newest, kept in _ts).
+        # event times per cell and channel (`last` needs only the newest, kept in _t).
         self._seen = (np.full((self.capacity, n_channels, SEEN_PER_CELL), np.nan)
                       if agg == "mean" else None)
         self.newest = -1
         self.first = -1  # the first cell ever held: no window before first + window - 1
         self.last_closed = -1
         self.ready: list[Closed] = []
-        self._views()
         self._tails = _tail_slots(self.capacity, window)
 
-    def _views(self) -> None:
-        # One element through a memoryview costs a third of numpy's scalar indexing, and it
-        # reads back a Python float or int: `update` runs once per reading.
-        # (numpy arrays are buffers; their stubs do not say so)
-        self._v: Any = memoryview(self._values)  # type: ignore[arg-type]
-        self._t: Any = memoryview(self._ts)  # type: ignore[arg-type]
-        self._c: Any = memoryview(self._cell)  # type: ignore[arg-type]
+    @property
+    def _values(self) -> npt.NDArray[np.floating[Any]]:
+        """The values ring as an array [capacity, C] (a view: no copy)."""
+        return np.frombuffer(self._v, dtype=self._dtype).reshape(self.capacity, self.n_channels)
+
+    @property
+    def _cell(self) -> npt.NDArray[np.int64]:
+        return np.frombuffer(self._c, dtype=np.int64)
 
     def update(self, cell: int, channel: int, ts: float, value: float) -> Update:
         """Write one reading (already validated) into its cell; closed windows go to `ready`."""
@@ -196,7 +220,11 @@ class AssetWindow:
         slot = cell % self.capacity
         if self._c[slot] != cell:  # a late reading for a cell that never had one
             self._clear(slot, cell)
-        held = self._t[slot, channel]
+        n_channels = self.n_channels
+        i = slot * n_channels + channel
+        r = cell % self._span
+        j = r * n_channels + channel
+        held = self._t[j]
         if ts == held:
             return Update.DUPLICATE
         if self._seen is not None:
@@ -205,17 +233,17 @@ class AssetWindow:
                 return Update.DUPLICATE
             n = self._count[slot, channel]
             seen[n % SEEN_PER_CELL] = ts
-            prev = self._values[slot, channel] if n else 0.0
-            self._values[slot, channel] = prev + (value - prev) / (n + 1)
+            prev = self._v[i] if n else 0.0
+            self._v[i] = prev + (value - prev) / (n + 1)
             self._count[slot, channel] = n + 1
-            self._ts[slot, channel] = max(ts, held)
+            self._t[j] = max(ts, held)
         elif ts > held:
-            self._v[slot, channel] = value
-            self._t[slot, channel] = ts
+            self._v[i] = value
+            self._t[j] = ts
         if held == _NEG_INF:
-            self._filled[slot] += 1
+            self._filled[r] += 1
             if (cell == self.newest and cell > self.last_closed
-                    and self._filled[slot] == self.n_channels):
+                    and self._filled[r] == n_channels):
                 self._close(cell)
         return Update.ACCEPTED
 
@@ -250,20 +278,23 @@ class AssetWindow:
         if self._c[slot] != cell:
             self._clear(slot, cell)
         t, v, filled = self._t, self._v, self._filled
+        n_channels = self.n_channels
+        r = cell % self._span
+        base_v, base_t = slot * n_channels, r * n_channels
         accepted = 0
         for channel, value in zip(channels, values, strict=True):
-            held = t[slot, channel]
+            held = t[base_t + channel]
             if ts == held:
                 rejected.append(Update.DUPLICATE)
                 continue
             if ts > held:
-                v[slot, channel] = value
-                t[slot, channel] = ts
+                v[base_v + channel] = value
+                t[base_t + channel] = ts
             accepted += 1
             if held == _NEG_INF:
-                filled[slot] += 1
+                filled[r] += 1
                 # Closed at the very reading that completes it, as `update` does.
-                if cell == self.newest and cell > self.last_closed and filled[slot] == self.n_channels:
+                if cell == self.newest and cell > self.last_closed and filled[r] == n_channels:
                     self._close(cell)
         return accepted
 
@@ -281,10 +312,12 @@ class AssetWindow:
         return out
 
     def _clear(self, slot: int, cell: int) -> None:
-        self._cell[slot] = cell
-        self._values[slot] = np.nan
-        self._ts[slot] = -np.inf
-        self._filled[slot] = 0
+        n = self.n_channels
+        self._c[slot] = cell
+        self._v[slot * n : (slot + 1) * n] = _row(self._code, math.nan, n)
+        r = cell % self._span
+        self._t[r * n : (r + 1) * n] = _row("d", _NEG_INF, n)
+        self._filled[r] = 0
         if self._seen is not None:
             self._count[slot] = 0
             self._seen[slot] = np.nan
@@ -293,17 +326,17 @@ class AssetWindow:
         if self.newest < 0:
             self.first = cell
         if self.newest < 0 or cell - self.newest >= self.capacity:
-            self._cell[:] = -1
+            self._c[:] = _row("q", -1, self.capacity)
         else:
             for c in range(self.newest + 1, cell + 1):
-                self._cell[c % self.capacity] = -1
+                self._c[c % self.capacity] = -1
         self.newest = cell
 
     def cells(self, end: int, n: int) -> FloatArray:
         """Raw aggregated values of cells end-n+1..end, NaN where nothing is held."""
         wanted = np.arange(end - n + 1, end + 1)
         slots = wanted % self.capacity
-        out = self._values[slots].copy()
+        out = np.asarray(self._values[slots], dtype=np.float64)  # fancy indexing copies
         out[self._cell[slots] != wanted] = np.nan
         return out
 
@@ -311,7 +344,7 @@ class AssetWindow:
         """The filled window ending at cell `end`, or None if some cell in it is not whole."""
         slots = self._tails[end % self.capacity]
         if (self._cell[slots] == np.arange(end - self.window + 1, end + 1)).all():
-            tail = self._values[slots]
+            tail = np.asarray(self._values[slots], dtype=np.float64)
             if not np.isnan(tail).any():  # the common case: every cell held, nothing to fill
                 return tail
         raw = self.cells(end, self.window + self.max_gap)
@@ -324,31 +357,56 @@ class AssetWindow:
         return filled[-self.window :]
 
     def newest_ts(self, end: int) -> float:
-        """Event time of the newest reading held in cells up to `end` (NaN if none)."""
-        for cell in range(end, max(end - self.capacity, -1), -1):
-            slot = cell % self.capacity
-            if self._c[slot] == cell:
-                newest = float(self._ts[slot].max())  # an empty channel holds -inf
+        """Event time of the newest reading held in cells up to `end` (NaN if none).
+
+        Event times are kept for the cells that still take readings (newest - lateness to
+        newest) only; windows close, and stale notices are dated, at the newest cell.
+        """
+        n = self.n_channels
+        for cell in range(end, max(end - self.capacity, self.newest - self.lateness - 1, -1), -1):
+            if self._c[cell % self.capacity] == cell:
+                r = cell % self._span
+                newest = max(self._t[r * n : (r + 1) * n])  # an empty channel holds -inf
                 if newest > _NEG_INF:
-                    return newest
+                    return float(newest)
         return float("nan")
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Arrays and counters a checkpoint needs to resume this window exactly."""
-        arrays = {"values": self._values, "ts": self._ts, "count": self._count, "cell": self._cell,
+        arrays = {"values": self._values.copy(),
+                  "ts": np.frombuffer(self._t, dtype=np.float64).reshape(self._span, self.n_channels).copy(),
+                  "count": self._count, "cell": self._cell.copy(),
                   "filled": np.asarray(self._filled, dtype=np.int32)}
         if self._seen is not None:
             arrays["seen"] = self._seen
         return arrays, {"newest": self.newest, "first": self.first, "last_closed": self.last_closed}
 
     def restore(self, arrays: dict[str, np.ndarray], counters: dict[str, int]) -> None:
-        if arrays["values"].shape != self._values.shape:
+        """Resume from `state()` arrays; also from those of earlier versions (float64 values,
+        event times and fill counts for every slot), converted."""
+        shape = (self.capacity, self.n_channels)
+        values, ts, cell = arrays["values"], arrays["ts"], arrays["cell"]
+        filled = arrays["filled"]
+        if values.shape != shape or cell.shape != (self.capacity,):
             raise ValueError("window shape differs from the checkpoint's")
-        self._values, self._ts = arrays["values"], arrays["ts"]
-        self._count, self._cell = arrays["count"], arrays["cell"]
-        self._views()
-        self._filled = arrays["filled"].tolist()
+        newest = int(counters["newest"])
+        if ts.shape == shape and filled.shape == (self.capacity,):
+            # Written before event times were kept for recent cells only: keep those rows.
+            ring = np.full((self._span, self.n_channels), -np.inf)
+            counts = np.zeros(self._span, dtype=np.int64)
+            for c in range(max(newest - self.lateness, 0), newest + 1):
+                if cell[c % self.capacity] == c:
+                    ring[c % self._span] = ts[c % self.capacity]
+                    counts[c % self._span] = filled[c % self.capacity]
+            ts, filled = ring, counts
+        elif ts.shape != (self._span, self.n_channels) or filled.shape != (self._span,):
+            raise ValueError("window shape differs from the checkpoint's")
+        self._v = array(self._code, np.ascontiguousarray(values, dtype=self._dtype).tobytes())
+        self._t = array("d", np.ascontiguousarray(ts, dtype=np.float64).tobytes())
+        self._c = array("q", np.ascontiguousarray(cell, dtype=np.int64).tobytes())
+        self._filled = [int(x) for x in filled]
+        self._count = arrays["count"]
         if self._seen is not None and "seen" in arrays:
             self._seen = arrays["seen"]
-        self.newest, self.first = counters["newest"], counters["first"]
+        self.newest, self.first = newest, counters["first"]
         self.last_closed = counters["last_closed"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agent.spec import Combiner, ModelSpec, Normalisation, SurpriseStats, Thresholds
+from agent.windows import AssetWindow
 from training.export import export
 from training.model import Forecaster, ModelConfig
 
@@ -70,3 +71,27 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> ModelFile:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     spec = export(model, make_spec(), probe, path)
     return ModelFile(path, spec)
+
+
+def format_1_window_arrays(w: AssetWindow, readings: list[tuple[int, int, float, float]]
+                           ) -> dict[str, np.ndarray]:
+    """The arrays `state()` wrote before format 2, for a `last` window fed `readings` (cell,
+    channel, ts, value) in time order: float64 values and event times for every slot, fill
+    counts per slot."""
+    values = np.full((w.capacity, w.n_channels), np.nan)
+    ts = np.full((w.capacity, w.n_channels), -np.inf)
+    cell = np.full(w.capacity, -1, dtype=np.int64)
+    filled = np.zeros(w.capacity, dtype=np.int32)
+    newest = max(r[0] for r in readings)
+    for c, ch, t, v in readings:
+        slot = c % w.capacity
+        if c <= newest - w.capacity:
+            continue  # overwritten since
+        if cell[slot] != c:
+            cell[slot], values[slot], ts[slot], filled[slot] = c, np.nan, -np.inf, 0
+        if ts[slot, ch] == -np.inf:
+            filled[slot] += 1
+        if t > ts[slot, ch]:
+            values[slot, ch], ts[slot, ch] = v, t
+    return {"values": values, "ts": ts, "count": np.zeros((w.capacity, w.n_channels), dtype=np.int32),
+            "cell": cell, "filled": filled}

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent import state
 from agent.alerts import alert_id, encode, rfc3339_ms
 from agent.config import (
     AgentConfig,
@@ -27,7 +28,7 @@ from agent.pipeline import BatchResult, Pipeline
 from agent.runtime import Outputs, load_model
 from agent.spec import Combiner
 from agent.windows import cell_of
-from tests.agent.conftest import CHANNELS, PERIOD_S, WINDOW, ModelFile, make_spec
+from tests.agent.conftest import CHANNELS, PERIOD_S, WINDOW, ModelFile, format_1_window_arrays, make_spec
 
 T0 = 1_767_225_600.0  # a cell boundary: 2026-01-01T00:00:00Z
 WALL = T0 + 10_000 * PERIOD_S  # the wall clock, well after every reading
@@ -322,6 +323,36 @@ class TestCheckpoint:
         assert set(rows) == {"p1"}
         b = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
         assert b.pipe.restore(rows) == 1
+        for k in range(WINDOW + 2, WINDOW + 6):
+            a.cell("p1", k, values=values[k])
+            b.cell("p1", k, values=values[k])
+            assert [r.doc for r in b.batch().risks] == [r.doc for r in a.batch().risks]
+        assert a.pipe.checkpoint_rows() == b.pipe.checkpoint_rows()
+
+    def test_a_format_1_row_restores_and_decides_the_same(self, tmp_path: Path,
+                                                          model_file: ModelFile) -> None:
+        """A row written before format 2 (float64 values and forecasts, event times for every
+        slot of the ring) restores, and the pipeline goes on to publish what the original does."""
+        a = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
+        rng = np.random.default_rng(5)
+        values = [tuple(rng.normal(size=3)) for _ in range(WINDOW + 6)]
+        for k in range(WINDOW + 2):
+            a.cell("p1", k, values=values[k])
+            a.batch()
+        st = a.pipe.assets["p1"]
+        assert st.surprise.mean is not None and st.surprise.logvar is not None
+        # What Harness.cell sent: channel i of cell k at T0 + k * PERIOD_S + 1 + 0.1 * i.
+        sent = [(T0 + k * PERIOD_S + 1.0 + 0.1 * i, i, values[k][i])
+                for k in range(WINDOW + 2) for i in range(len(CHANNELS))]
+        arrays = format_1_window_arrays(st.window, [(cell_of(t, PERIOD_S), i, t, v) for t, i, v in sent])
+        meta, body = state._arrays({**arrays, "s_mean": st.surprise.mean.astype(np.float64),
+                                    "s_logvar": st.surprise.logvar.astype(np.float64),
+                                    "s_ewma": st.surprise.ewma})
+        header = json.dumps({"format": 1, "arrays": meta, "window": st.window.state()[1],
+                             "level": st.level.state(), "forecast_cell": st.surprise.forecast_cell,
+                             "stale": st.stale, "risk": st.risk}).encode()
+        b = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
+        assert b.pipe.restore({"p1": state._HEADER.pack(len(header)) + header + body}) == 1
         for k in range(WINDOW + 2, WINDOW + 6):
             a.cell("p1", k, values=values[k])
             b.cell("p1", k, values=values[k])

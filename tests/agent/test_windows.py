@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from array import array
+from typing import Any
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from agent.alerts import rfc3339_ms
+from agent.risk import SurpriseTracker
+from agent.spec import Normalisation
 from agent.windows import (
     AssetWindow,
     Update,
@@ -16,6 +23,7 @@ from agent.windows import (
     sliding_windows,
     to_grid,
 )
+from tests.agent.conftest import format_1_window_arrays
 
 P = 10.0
 C0 = 176_722_560  # the cell of 2026-01-01T00:00:00Z at a 10 s period
@@ -435,3 +443,131 @@ class TestAssetWindowProperties:
         assert w.newest == newest
         assert same(w.cells(newest, w.capacity), before)
         assert (w.last_closed, len(w.ready)) == (last_closed, ready)
+
+
+# -- memory per asset -------------------------------------------------------------------------
+
+def _footprint(*objs: object) -> int:
+    """Bytes held by the per-asset containers among `objs`' attributes (arrays, views, lists),
+    leaving out those shared between instances (`first` is compared with a second instance)."""
+    a, b = objs
+    total = 0
+    for name, value in vars(a).items():
+        if isinstance(value, np.ndarray | array | memoryview | list) and value is not vars(b).get(name):
+            total += sys.getsizeof(value)
+    return total
+
+
+class TestFootprint:
+    def test_window_and_forecast_bytes_per_asset_stay_small(self) -> None:
+        """DESIGN: memory is a fixed base plus about 10 KiB per asset. The window of 14 channels
+        and 30 cells (the reference contract, max_gap 5, lateness 10) and the forecast the
+        surprise tracker keeps [5, 14] take under 6 KiB; float64 rings and event times for
+        every slot (the earlier layout) took about 13.5 KiB."""
+        kw: dict[str, Any] = {"max_gap": 5, "lateness": 10}
+        w, other = AssetWindow(14, 30, **kw), AssetWindow(14, 30, **kw)
+        for cell in range(100, 160):
+            fill(w, cell)
+        w.take()
+        tracker = SurpriseTracker(0.1)
+        forecast = np.zeros((5, 14), dtype=np.float32)  # as the pipeline keeps it
+        tracker.update(159, np.zeros((5, 14)), forecast.copy(), forecast.copy())
+        assert tracker.mean is not None and tracker.logvar is not None
+        held = _footprint(w, other) + sys.getsizeof(tracker.mean) + sys.getsizeof(tracker.logvar)
+        assert held <= 6 * 1024, held
+
+
+class TestFloat32Values:
+    def test_last_rounds_a_value_once_to_float32(self) -> None:
+        """`last` keeps a value as float32 (what the model computes in); windows come out as
+        float64 holding that float32 value exactly."""
+        w = AssetWindow(1, 1, max_gap=0, lateness=1)
+        w.update(10, 0, 100.0, 0.1)
+        x = w.extract(10)
+        assert x is not None and x.dtype == np.float64 and x[0, 0] == float(np.float32(0.1))
+
+    def test_precise_keeps_a_counter_exact(self) -> None:
+        """A channel whose offset dwarfs its spread (a counter near 1e8 that moves by units)
+        would lose its units in float32: such a model's windows keep float64."""
+        w = AssetWindow(1, 1, max_gap=0, lateness=1, precise=True)
+        w.update(10, 0, 100.0, 123_456_789.0)
+        x = w.extract(10)
+        assert x is not None and x[0, 0] == 123_456_789.0 != float(np.float32(123_456_789.0))
+
+    def test_which_models_need_precise_windows(self) -> None:
+        plain = Normalisation(mean=(55.0, 1480.0), std=(2.0, 10.0))
+        counter = Normalisation(mean=(55.0, 1.2e8), std=(2.0, 40.0))
+        assert plain.float32_exact and not counter.float32_exact
+
+    def test_mean_is_averaged_in_float64(self) -> None:
+        """`mean` keeps its running average in float64: no float32 rounding at every reading."""
+        w = AssetWindow(1, 1, max_gap=0, lateness=1, agg="mean")
+        for i, v in enumerate([0.1, 0.2, 0.4]):
+            w.update(10, 0, 100.0 + i, v)
+        assert w.cells(10, 1)[0, 0] == pytest.approx((0.1 + 0.2 + 0.4) / 3, rel=1e-15)
+
+
+class TestEventTimes:
+    @given(period=st.sampled_from([0.1, 0.25, 1.0, 10.0, 60.0, 900.0, 3600.0, 86_400.0]),
+           start_ms=st.integers(946_684_800_000, 4_102_444_800_000),
+           offsets=st.lists(st.integers(0, 86_400_000), min_size=1, max_size=8))
+    @settings(max_examples=200, deadline=None)
+    def test_ms_timestamps_stay_exact(self, period: float, start_ms: int, offsets: list[int]) -> None:
+        """Millisecond event times in a cell of any period from 0.1 s to a day: readings 1 ms
+        apart are distinct (not duplicates), the newest wins, and newest_ts is that event time
+        exactly, so risk and alert messages carry the same RFC 3339 millisecond."""
+        cell = cell_of(start_ms / 1000.0, period)
+        period_ms = round(period * 1000)
+        stamps = sorted({(cell * period_ms + o % period_ms) / 1000.0 for o in offsets})
+        stamps = [t for t in stamps if cell_of(t, period) == cell]
+        assume(stamps)
+        w = AssetWindow(1, 2, max_gap=0, lateness=2)
+        for i, t in enumerate(stamps):  # in time order, each the newest: a resend is a duplicate
+            assert w.update(cell, 0, t, float(i)) is Update.ACCEPTED
+            assert w.update(cell, 0, t, float(i)) is Update.DUPLICATE
+        back = AssetWindow(1, 2, max_gap=0, lateness=2)
+        for i, t in enumerate(reversed(stamps)):  # newest first: the older ones must not win
+            assert back.update(cell, 0, t, float(i)) is Update.ACCEPTED
+        for x in (w, back):
+            assert x.newest_ts(cell) == stamps[-1]
+            assert rfc3339_ms(x.newest_ts(cell)) == rfc3339_ms(stamps[-1])
+        assert w.cells(cell, 1)[0, 0] == len(stamps) - 1 and back.cells(cell, 1)[0, 0] == 0.0
+
+    def test_newest_ts_of_a_late_cell(self) -> None:
+        """A late reading into a cell within `lateness` has its event time kept for that cell."""
+        w = AssetWindow(2, 4, max_gap=2, lateness=3)
+        w.update(10, 0, 105.0, 1.0)
+        w.update(13, 0, 135.0, 1.0)
+        w.update(10, 1, 107.0, 1.0)
+        assert w.newest_ts(10) == 107.0
+        assert w.newest_ts(13) == 135.0
+        assert w.update(10, 1, 107.0, 1.0) is Update.DUPLICATE
+
+
+class TestOldCheckpoint:
+    def test_format_1_arrays_restore_and_go_on_the_same(self) -> None:
+        """A window restored from arrays of the earlier layout closes the same windows, with the
+        same event times and duplicates, as one that saw every reading."""
+        rng = np.random.default_rng(3)
+        readings = [(c, ch, c * P + 1.0 + ch * 0.25, float(rng.normal()))
+                    for c in range(10, 40) for ch in range(2) if (c, ch) != (37, 1)]
+        live = AssetWindow(2, 4, max_gap=2, lateness=3)
+        for c, ch, t, v in readings:
+            live.update(c, ch, t, v)
+        live.take()
+        arrays = format_1_window_arrays(live, readings)
+        assert arrays["ts"].shape == arrays["values"].shape  # the old layout
+        restored = AssetWindow(2, 4, max_gap=2, lateness=3)
+        restored.restore(arrays, live.state()[1])
+        assert same(restored.cells(39, restored.capacity), live.cells(39, live.capacity))
+        assert restored.newest_ts(39) == live.newest_ts(39)
+        more = [(37, 1, 371.5, 2.0), (39, 0, 391.0, 9.0), (40, 0, 401.0, 1.0), (40, 1, 401.5, 2.0),
+                (38, 1, 381.25, 3.0), (42, 0, 421.0, 4.0), (42, 1, 421.0, 5.0)]
+        for c, ch, t, v in more:
+            assert restored.update(c, ch, t, v) is live.update(c, ch, t, v)
+            got, want = restored.take(), live.take()
+            assert [(x.end, x.newest_ts) for x in got] == [(x.end, x.newest_ts) for x in want]
+            assert all(same(x.window, y.window) for x, y in zip(got, want, strict=True))
+        sa, sb = restored.state(), live.state()
+        assert sa[1] == sb[1]
+        assert all(np.array_equal(sa[0][k], sb[0][k], equal_nan=True) for k in sa[0])
