@@ -308,7 +308,7 @@ def build_models(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0,
 # -- the agent as a process -----------------------------------------------------------------
 
 def agent_config(path: Path, *, broker: BenchBroker, model: Path, runtime: str, codec: str,
-                 http_port: int, queue_size: int = 10_000, max_assets: int = 10_000,
+                 http_port: int, queue_size: int = 10_000, max_assets: int = 10_000, max_batch: int = 256,
                  client_id: str = "bench-agent", checkpoint_s: float = 10.0,
                  watch_s: float = 0.0) -> Path:
     if codec == "json":
@@ -341,6 +341,7 @@ max_assets = {max_assets}
 
 [inference]
 queue_size = {queue_size}
+max_batch = {max_batch}
 
 [http]
 listen = "127.0.0.1:{http_port}"

@@ -68,10 +68,10 @@ class SizeResult:
 
 
 def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float,
-             checkpoint_s: float) -> SizeResult:
+             checkpoint_s: float, max_batch: int) -> SizeResult:
     with fresh_broker(tmp, f"scale-{n}") as (broker, capture):
         agent = start_agent(tmp, broker, model, "torchscript", "json-multi", f"scale-{n}",
-                            queue_size=5_000_000, checkpoint_s=checkpoint_s)
+                            queue_size=5_000_000, checkpoint_s=checkpoint_s, max_batch=max_batch)
         pub = h.RawPublisher(broker.port, f"pub-{n}")
         try:
             warm_up(agent, pub, n, T_EV, chunk=max(25, n // 40))
@@ -192,6 +192,7 @@ def main() -> int:
     ap.add_argument("--plots", type=Path, help="write scaling.png here")
     ap.add_argument("--checkpoint-s", type=float, default=10.0,
                     help="the agent's checkpoint interval (default 10 s, the agent's default)")
+    ap.add_argument("--max-batch", type=int, default=256, help="the agent's [inference] max_batch")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if h.CPU_REST in h.cpus():
@@ -205,7 +206,7 @@ def main() -> int:
         for n in sizes:
             print(f"[{time.monotonic() - started:5.0f} s] {n:,} assets ...", file=sys.stderr, flush=True)
             results.append(run_size(tmp, model, n, 50_000 if args.quick else 100_000,
-                                    6.0 if args.quick else 12.0, args.checkpoint_s))
+                                    6.0 if args.quick else 12.0, args.checkpoint_s, args.max_batch))
     figure = plot(results, args.plots) if args.plots else None
     return report(results, figure, time.monotonic() - started, args.quick)
 

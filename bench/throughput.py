@@ -280,14 +280,14 @@ def run_baseline(tmp: Path, kind: str, msgs: list[tuple[str, bytes]], readings_p
 
 
 def start_agent(tmp: Path, broker: h.BenchBroker, model: Path, runtime: str, codec: str, name: str,
-                queue_size: int = 10_000, checkpoint_s: float = 10.0) -> h.AgentProc:
+                queue_size: int = 10_000, checkpoint_s: float = 10.0, max_batch: int = 256) -> h.AgentProc:
     """The agent pinned to core 0, ready (its start-up time measured)."""
     d = tmp / name
     d.mkdir(parents=True)
     port = h.free_port()
     cfg = h.agent_config(d / "agent.toml", broker=broker, model=model, runtime=runtime, codec=codec,
                          http_port=port, queue_size=queue_size, client_id=f"vigil-{name}",
-                         checkpoint_s=checkpoint_s)
+                         checkpoint_s=checkpoint_s, max_batch=max_batch)
     return h.AgentProc(cfg, port, d / "agent.log").start()
 
 
