@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ from bench.throughput import (
     backlog,
     fmt,
     fresh_broker,
+    profile_stop,
     start_agent,
     table,
     wait_scored,
@@ -68,7 +70,7 @@ class SizeResult:
 
 
 def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float,
-             checkpoint_s: float, max_batch: int) -> SizeResult:
+             checkpoint_s: float, max_batch: int, profile: Path | None = None) -> SizeResult:
     with fresh_broker(tmp, f"scale-{n}") as (broker, capture):
         agent = start_agent(tmp, broker, model, "torchscript", "json-multi", f"scale-{n}",
                             queue_size=5_000_000, checkpoint_s=checkpoint_s, max_batch=max_batch)
@@ -83,14 +85,24 @@ def run_size(tmp: Path, model: Path, n: int, drain_msgs: int, live_s: float,
             first = cells
             for load in LOADS:
                 rate = load * res.capacity
+                spy = spy_start(agent.pid, profile, f"{n}-{int(100 * load)}") if profile else None
                 before, cpu0, t0 = agent.scrape(), h.cpu_seconds(agent.pid), time.monotonic()
                 res.latency[load], first = live(agent, pub, capture, n, first, rate, live_s)
                 after, cpu1, t1 = agent.scrape(), h.cpu_seconds(agent.pid), time.monotonic()
+                profile_stop(spy)
                 res.busy[load] = ((cpu1 - cpu0) / (t1 - t0), mean_batch(before, after))
         finally:
             pub.close()
             agent.stop()
     return res
+
+
+def spy_start(pid: int, out: Path, name: str) -> subprocess.Popen[bytes]:
+    """py-spy on the agent, idle samples included: where a thread waits, not only where it runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(h.BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "200", "--idle",
+                             "--threads", "--format", "raw", "--nonblocking", "--output",
+                             str(out / f"{name}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def mean_batch(before: str, after: str) -> float:
@@ -193,6 +205,7 @@ def main() -> int:
     ap.add_argument("--checkpoint-s", type=float, default=10.0,
                     help="the agent's checkpoint interval (default 10 s, the agent's default)")
     ap.add_argument("--max-batch", type=int, default=256, help="the agent's [inference] max_batch")
+    ap.add_argument("--profile", type=Path, help="py-spy profiles (idle included) of each live phase here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if h.CPU_REST in h.cpus():
@@ -206,7 +219,8 @@ def main() -> int:
         for n in sizes:
             print(f"[{time.monotonic() - started:5.0f} s] {n:,} assets ...", file=sys.stderr, flush=True)
             results.append(run_size(tmp, model, n, 50_000 if args.quick else 100_000,
-                                    6.0 if args.quick else 12.0, args.checkpoint_s, args.max_batch))
+                                    6.0 if args.quick else 12.0, args.checkpoint_s, args.max_batch,
+                                    args.profile))
     figure = plot(results, args.plots) if args.plots else None
     return report(results, figure, time.monotonic() - started, args.quick)
 
