@@ -426,5 +426,17 @@ class AgentProc:
                 self.proc.wait(5)
 
 
+def save_figure(fig: Any, out: Path, name: str) -> Path:
+    """Write a matplotlib figure as `out/name` (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=lambda o: dataclasses.asdict(o))

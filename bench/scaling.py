@@ -189,12 +189,7 @@ def plot(results: list[SizeResult], out: Path) -> Path:
         axes[2].plot(pct, [r.latency[x][0] for x in sorted(r.latency)], "x:", label=f"{r.assets:,} p50")
     axes[2].set(xlabel="load (% of saturation)", ylabel="reading -> risk (ms)", title="Latency")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return h.save_figure(fig, out, "scaling.png")
 
 
 def main() -> int:

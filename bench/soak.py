@@ -170,12 +170,7 @@ def plot(samples: list[Sample], marks: Marks, days: float, out: Path) -> Path:
         ax.set_ylabel(label)
     axes[0].set_title("Soak: agent process over simulated days (red: broker restart, green: hot-swap)")
     axes[-1].set_xlabel("event time (days)")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "soak.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return h.save_figure(fig, out, "soak.png")
 
 
 def main() -> int:

@@ -17,20 +17,9 @@ from hypothesis import strategies as st
 
 from agent.runtime import FloatArray, Outputs, bucket, load_model
 from agent.runtime_onnx import load_onnx
-from tests.agent.conftest import make_spec
-from tests.perf.test_onnx import Pair, _model, _probe
-from training.export import export, export_onnx
+from tests.perf.conftest import Pair
 
 MAX_BATCH = 256
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    d = tmp_path_factory.mktemp("shapes")
-    model = _model()
-    export(model, make_spec(), _probe(), d / "m.pt")
-    export_onnx(model, make_spec(), _probe(), d / "m.onnx")
-    return Pair(d / "m.pt", d / "m.onnx")
 
 
 @given(st.integers(min_value=1, max_value=1 << 16))

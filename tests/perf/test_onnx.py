@@ -22,38 +22,12 @@ from agent.runtime import Expected, load_model, load_runtime, read_spec
 from agent.runtime_onnx import OnnxRuntime, load_onnx
 from agent.spec import METADATA_FILE
 from sim.publisher import Publisher, PublisherOptions
-from tests.agent.conftest import CHANNELS, HORIZON, WINDOW, make_spec
+from tests.agent.conftest import CHANNELS, WINDOW, make_spec
 from tests.broker import Broker, free_port, wait_until
+from tests.perf.conftest import Pair, probe_windows, tiny_model
 from tests.procs import Capture, cli, running_agent, write_agent_config
 from training import export as export_mod
 from training.export import export, export_onnx, export_onnx_beside
-from training.model import Forecaster, ModelConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """One model exported both ways."""
-
-    pt: Path
-    onnx: Path
-
-
-def _model(**kw: object) -> Forecaster:
-    torch.manual_seed(0)
-    return Forecaster(ModelConfig(n_channels=len(CHANNELS), horizon=HORIZON, hidden=8, **kw))  # type: ignore[arg-type]
-
-
-def _probe(n: int = 4) -> np.ndarray:
-    return np.random.default_rng(0).normal(size=(n, WINDOW, len(CHANNELS))).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    d = tmp_path_factory.mktemp("onnx")
-    model = _model()
-    export(model, make_spec(), _probe(), d / "m.pt")
-    export_onnx(model, make_spec(), _probe(), d / "m.onnx")
-    return Pair(d / "m.pt", d / "m.onnx")
 
 
 class TestExport:
@@ -74,7 +48,7 @@ class TestExport:
         """An output further than the tolerance from eager raises ModelError and writes nothing."""
         monkeypatch.setattr(export_mod, "PARITY_TOLERANCE", -1.0)
         with pytest.raises(ModelError, match=r"ONNX output .* differs from eager"):
-            export_onnx(_model(), make_spec(), _probe(), tmp_path / "m.onnx")
+            export_onnx(tiny_model(), make_spec(), probe_windows(), tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
 
     @pytest.mark.parametrize("kw", [{"cell": "gru"}, {"cell": "rnn"},
@@ -83,14 +57,14 @@ class TestExport:
     def test_rebuilt_from_torchscript(self, tmp_path: Path, kw: dict[str, object]) -> None:
         """`export_onnx_beside` rebuilds the eager model from a .pt file (other cells and heads too)
         and writes a .onnx with the same version whose outputs match the TorchScript file's."""
-        model = _model(**kw)
-        heads = tuple(model(torch.from_numpy(_probe())).keys())
+        model = tiny_model(**kw)
+        heads = tuple(model(torch.from_numpy(probe_windows())).keys())
         spec = dataclasses.replace(make_spec(), heads=heads, rul_cap=50.0 if "rul" in heads else 0.0)
         pt = tmp_path / "m.pt"
-        export(model, spec, _probe(), pt)
+        export(model, spec, probe_windows(), pt)
         out, onnx_spec = export_onnx_beside(pt)
         assert out == tmp_path / "m.onnx" and onnx_spec.version == read_spec(pt).version
-        x = _probe(16)
+        x = probe_windows(16)
         a, b = load_model(pt).infer(x), load_onnx(out).infer(x)
         for head in heads:
             np.testing.assert_allclose(getattr(b, head), getattr(a, head), atol=1e-5)
