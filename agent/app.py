@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -248,13 +249,16 @@ class Agent:
         while self._saving:
             self._save_some()
 
-    def _save_now(self, assets: set[str]) -> None:
+    def _save_now(self, assets: Collection[str]) -> bool:
+        """Write these assets' state in one transaction; on failure they stay dirty for the next round."""
         rows = self.pipeline.checkpoint_rows(assets)
         try:
             self.checkpoint.save(self.pipeline.contract(), rows)
         except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
             self.log.error("checkpoint_failed", error=str(exc), assets=len(rows))
             self.pipeline.dirty.update(assets)
+            return False
+        return True
 
     def _save_ops(self) -> None:
         rows = self.ops.dump()
@@ -281,12 +285,7 @@ class Agent:
         150 MB of serialised state at once nor stops scoring for a second.
         """
         chunk, self._saving = self._saving[:CHECKPOINT_CHUNK], self._saving[CHECKPOINT_CHUNK:]
-        rows = self.pipeline.checkpoint_rows(chunk)
-        try:
-            self.checkpoint.save(self.pipeline.contract(), rows)
-        except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
-            self.log.error("checkpoint_failed", error=str(exc), assets=len(rows))
-            self.pipeline.dirty.update(chunk)
+        if not self._save_now(chunk):
             self._round_ok = False
         if not self._saving and self._round_ok:
             self.metrics.checkpoint_time.set(time.time())

@@ -1,4 +1,7 @@
-"""`vigil-agent`: run the daemon, or check a config file."""
+"""`vigil-agent`: run the daemon, check a config file, or promote the shadow model.
+
+The daemon logs through structlog; the one-shot commands print their result on stdout.
+"""
 
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ class Pipeline:
             return 0
         st = self.assets.get(asset)
         if st is None:
-            if not self._serves(asset):
+            if not self.serves(asset):
                 rejects.extend([Reason.NOT_MINE] * len(chans))
                 return 0
             if len(self.assets) >= self._max_assets:
@@ -283,7 +283,7 @@ class Pipeline:
             return Reason.TOO_OLD
         st = self.assets.get(r.asset)
         if st is None:
-            if not self._serves(r.asset):
+            if not self.serves(r.asset):
                 return Reason.NOT_MINE
             if len(self.assets) >= self.cfg.windows.max_assets:
                 return Reason.ASSET_LIMIT
@@ -343,7 +343,8 @@ class Pipeline:
             self.assets[asset] = st
         return len(self.assets)
 
-    def _serves(self, asset: str) -> bool:
+    def serves(self, asset: str) -> bool:
+        """Whether this agent serves `asset` ([assets] allow and partition)."""
         patterns = self.cfg.assets.allow
         member = self.cfg.assets.member
         if not patterns and member is None:
@@ -424,8 +425,7 @@ class Pipeline:
         outputs = self.runtime.infer(x)
         self.metrics.inference_duration.observe(time.perf_counter() - t0)
         out.inputs = raw[:, -1, :]
-        out.input_ts = np.asarray([t if t == t else e * s.period_s
-                                   for t, e in zip(stamps, ends, strict=True)])
+        out.input_ts = np.asarray([self._event_time(e, t) for t, e in zip(stamps, ends, strict=True)])
         if self.shadow is not None:
             out.shadow = self.shadow.score(names, ends, list(out.input_ts), raw, [not h for h in history])
         self.metrics.inference_batch_size.observe(len(names))
@@ -470,9 +470,12 @@ class Pipeline:
                                               per_channel, rul))
         return out
 
+    def _event_time(self, end: int, newest_ts: float) -> float:
+        """Event time of the newest reading in the scored window (its cell's start if none)."""
+        return newest_ts if newest_ts == newest_ts else end * self.spec.period_s
+
     def _event_ts(self, end: int, newest_ts: float) -> str:
-        """RFC 3339 event time of the newest reading in the scored window (its cell's start if none)."""
-        return rfc3339_ms(newest_ts if newest_ts == newest_ts else end * self.spec.period_s)
+        return rfc3339_ms(self._event_time(end, newest_ts))
 
     def _risk_doc(self, asset: str, st: AssetState, end: int, newest_ts: float,
                   signals: dict[str, float], rul: float | None = None) -> RiskOut:
@@ -481,8 +484,7 @@ class Pipeline:
                "model_version": self.spec.version}
         if rul is not None:
             doc["rul"] = rul
-        ts = newest_ts if newest_ts == newest_ts else end * self.spec.period_s
-        return RiskOut(asset, doc, st.arrival, ts)
+        return RiskOut(asset, doc, st.arrival, self._event_time(end, newest_ts))
 
     def reset_asset(self, asset: str, ts: float) -> RiskOut | None:
         """Start an asset afresh after a repair: empty window, level ok, readings up to `ts` refused.
@@ -490,7 +492,7 @@ class Pipeline:
         Returns the risk notice to publish (None for an asset this agent does not serve).
         """
         old = self.assets.get(asset)
-        if old is None and (not self._serves(asset) or len(self.assets) >= self._max_assets):
+        if old is None and not self._room_for(asset):
             return None
         if old is not None:
             self.n_ready -= len(old.window.ready)
@@ -504,18 +506,18 @@ class Pipeline:
         # The event's time is the CMMS clock's, not the readings': it must not move event time on.
         return RiskOut(notice.asset, notice.doc, notice.arrival)
 
-    def serves(self, asset: str) -> bool:
-        """Whether this agent serves `asset` ([assets] allow and partition)."""
-        return self._serves(asset)
-
     def set_floor(self, asset: str, ts: float) -> None:
         """Refuse readings of `asset` at or before `ts` (a repair restored after a restart)."""
         st = self.assets.get(asset)
         if st is None:
-            if not self._serves(asset) or len(self.assets) >= self._max_assets:
+            if not self._room_for(asset):
                 return
             st = self.assets[asset] = self._new_asset()
         st.floor_ts = max(st.floor_ts, ts)
+
+    def _room_for(self, asset: str) -> bool:
+        """Whether a state for a new `asset` may be made: served here, and under the asset limit."""
+        return self.serves(asset) and len(self.assets) < self._max_assets
 
     def _alert(self, asset: str, cell: int, newest_ts: float, level: Level, previous: Level,
                risk: float, per_channel: np.ndarray | None, rul: float | None) -> AlertOut:
@@ -530,8 +532,7 @@ class Pipeline:
         }
         if rul is not None:
             doc["rul"] = rul
-        ts = newest_ts if newest_ts == newest_ts else cell * self.spec.period_s
-        return AlertOut(asset, level.label, doc, ts, previous.label)
+        return AlertOut(asset, level.label, doc, self._event_time(cell, newest_ts), previous.label)
 
 
 def _host_options(sub: SubscriptionConfig, max_assets: int) -> HostOptions:

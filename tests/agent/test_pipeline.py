@@ -309,36 +309,42 @@ class TestRejections:
         assert h.pipe.ingest(0, "other/p1/temp", b"{}", WALL, 0.0) == (0, [Reason.TOPIC])
 
 
+def fed_pipeline(tmp_path: Path, model_file: ModelFile) -> tuple[Harness, list[tuple[float, ...]]]:
+    """A pipeline fed WINDOW + 2 cells of asset p1, and the values of 4 cells more to come."""
+    a = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
+    rng = np.random.default_rng(5)
+    values = [tuple(rng.normal(size=3)) for _ in range(WINDOW + 6)]
+    for k in range(WINDOW + 2):
+        a.cell("p1", k, values=values[k])
+        a.batch()
+    return a, values
+
+
+def assert_goes_on_alike(a: Harness, b: Harness, values: list[tuple[float, ...]]) -> None:
+    """Fed the same next cells, `b` publishes what `a` does and ends with the same state."""
+    for k in range(WINDOW + 2, WINDOW + 6):
+        a.cell("p1", k, values=values[k])
+        b.cell("p1", k, values=values[k])
+        assert [r.doc for r in b.batch().risks] == [r.doc for r in a.batch().risks]
+    assert a.pipe.checkpoint_rows() == b.pipe.checkpoint_rows()
+
+
 class TestCheckpoint:
     def test_restored_pipeline_decides_as_the_original(self, tmp_path: Path,
                                                         model_file: ModelFile) -> None:
         """A pipeline restored from checkpoint rows publishes what the original goes on to publish."""
-        a = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
-        rng = np.random.default_rng(5)
-        values = [tuple(rng.normal(size=3)) for _ in range(WINDOW + 6)]
-        for k in range(WINDOW + 2):
-            a.cell("p1", k, values=values[k])
-            a.batch()
+        a, values = fed_pipeline(tmp_path, model_file)
         rows = a.pipe.checkpoint_rows()
         assert set(rows) == {"p1"}
         b = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
         assert b.pipe.restore(rows) == 1
-        for k in range(WINDOW + 2, WINDOW + 6):
-            a.cell("p1", k, values=values[k])
-            b.cell("p1", k, values=values[k])
-            assert [r.doc for r in b.batch().risks] == [r.doc for r in a.batch().risks]
-        assert a.pipe.checkpoint_rows() == b.pipe.checkpoint_rows()
+        assert_goes_on_alike(a, b, values)
 
     def test_a_format_1_row_restores_and_decides_the_same(self, tmp_path: Path,
                                                           model_file: ModelFile) -> None:
         """A row written before format 2 (float64 values and forecasts, event times for every
         slot of the ring) restores, and the pipeline goes on to publish what the original does."""
-        a = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
-        rng = np.random.default_rng(5)
-        values = [tuple(rng.normal(size=3)) for _ in range(WINDOW + 6)]
-        for k in range(WINDOW + 2):
-            a.cell("p1", k, values=values[k])
-            a.batch()
+        a, values = fed_pipeline(tmp_path, model_file)
         st = a.pipe.assets["p1"]
         assert st.surprise.mean is not None and st.surprise.logvar is not None
         # What Harness.cell sent: channel i of cell k at T0 + k * PERIOD_S + 1 + 0.1 * i.
@@ -353,11 +359,7 @@ class TestCheckpoint:
                              "stale": st.stale, "risk": st.risk}).encode()
         b = Harness(config(tmp_path, model_file.path), load_model(model_file.path))
         assert b.pipe.restore({"p1": state._HEADER.pack(len(header)) + header + body}) == 1
-        for k in range(WINDOW + 2, WINDOW + 6):
-            a.cell("p1", k, values=values[k])
-            b.cell("p1", k, values=values[k])
-            assert [r.doc for r in b.batch().risks] == [r.doc for r in a.batch().risks]
-        assert a.pipe.checkpoint_rows() == b.pipe.checkpoint_rows()
+        assert_goes_on_alike(a, b, values)
 
     def test_a_bad_row_does_not_stop_the_others(self, tmp_path: Path, model_file: ModelFile) -> None:
         """A checkpoint row under a name that cannot be an asset is skipped; later rows still load."""

@@ -123,7 +123,6 @@ def test_model_file_with_the_vae_serves_anomaly_nll(tmp_path: Path) -> None:
 
 def test_model_file_with_the_vae_rebuilds_and_exports_to_onnx(tmp_path: Path) -> None:
     """`export_onnx_beside` rebuilds forecaster and VAE from the .pt file; ONNX Runtime serves anomaly_nll."""
-    pytest.importorskip("onnxruntime")
     from agent.runtime_onnx import load_onnx
     from training.export import export_onnx_beside, rebuild
 
