@@ -219,6 +219,10 @@ def main() -> int:
                 replay.cells(cell, n, seed=cell)
                 cell += n
                 sampler.day = cell * args.period_s / DAY
+                if cell * 10 // n_cells > (cell - n) * 10 // n_cells:  # every tenth of the run
+                    rss = sampler.samples[-1].rss_mib if sampler.samples else float("nan")
+                    print(f"[{time.monotonic() - started:5.0f} s] day {sampler.day:.1f} of {days:g}, "
+                          f"RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
                 for _ in range(sum(cell - n < r <= cell for r in restarts_at)):
                     back.append(replay.restart_broker())
                     marks.restarts.append(sampler.day)
