@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint", type=Path, help="checkpoint file, written every epoch")
     f.add_argument("--resume", action="store_true", default=None, help="continue from --checkpoint")
     f.add_argument("--stop-after", type=_positive_int, help="stop after N epochs (resume later)")
+    f.add_argument("--streams", type=_positive_int,
+                   help="virtual streams of assets that windows are drawn through (default 8); under "
+                   "torchrun the number of processes must divide it, and a run keeps it when resumed")
+    f.add_argument("--stream-assets", type=_positive_int,
+                   help="assets a stream loads at a time (default 32): bounds memory on large histories")
     f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
@@ -133,6 +138,7 @@ def fit_options(args: argparse.Namespace) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from training.distributed import session
     from training.fit import fit
 
     opts = fit_options(args)
@@ -140,7 +146,11 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError("--resume needs --checkpoint")
     if args.onnx:
         _require_onnx()  # before training, not after
-    spec, summary = fit(opts)
+    # Under torchrun this process joins the run (DDP); on its own it trains alone.
+    with session() as ctx:
+        spec, summary = fit(opts, ctx)
+    if not ctx.is_writer:
+        return 0
     extra: dict[str, Any] = {}
     if args.onnx:
         from training.export import export_onnx_beside

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,6 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-T = TypeVar("T")
 # Ranks other than 0 wait while rank 0 calibrates, exports and writes the report: allow for that.
 TIMEOUT = timedelta(hours=1)
 
@@ -115,14 +114,13 @@ def barrier(ctx: Dist) -> None:
         tdist.barrier()
 
 
-def broadcast(ctx: Dist, obj: T) -> T:
-    """Rank 0's `obj` on every process (any picklable object; the others pass a placeholder)."""
+def broadcast(ctx: Dist, obj: Any) -> Any:
+    """Rank 0's `obj` (any picklable object) on every process; the others pass None."""
     if not ctx.active:
         return obj
     box: list[Any] = [obj]
     tdist.broadcast_object_list(box, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
-    result: T = box[0]
-    return result
+    return box[0]
 
 
 def wrap(ctx: Dist, module: nn.Module) -> nn.Module:

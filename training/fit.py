@@ -22,6 +22,7 @@ import torch
 from agent.runtime import load_model
 from agent.spec import Combiner, ModelSpec, SurpriseStats
 from training import calibrate as cal
+from training import distributed as dist
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
@@ -102,6 +103,10 @@ class FitOptions:
     checkpoint: Path | None = None
     resume: bool = False
     stop_after: int = 0
+    # Virtual streams of assets and assets loaded per stream at a time (training/shards.py);
+    # the number of processes under torchrun must divide `streams`.
+    streams: int = 8
+    stream_assets: int = 32
     report: Path | None = None
 
 
@@ -159,8 +164,12 @@ def prepare(opts: FitOptions) -> Prepared:
                     ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")))
 
 
-def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
-    """Train, calibrate and export a model; return its spec and the summary written beside it."""
+def fit(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> tuple[ModelSpec, dict[str, Any]]:
+    """Train, calibrate and export a model; return its spec and the summary written beside it.
+
+    Under torchrun (`ctx` from `training.distributed.session`) every process trains its share;
+    rank 0 alone calibrates, exports and writes, and every process returns its result.
+    """
     t0 = time.monotonic()
     torch.set_num_threads(opts.threads)
     seed_everything(opts.seed)
@@ -177,7 +186,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     augment: dict[str, Any] = {}
     if opts.augment == "gan":
         # Only the training split goes in: validation and test assets never reach the generator.
-        train_data, augment = _gan_augment(opts, train_data)
+        train_data, augment = _gan_augment(opts, train_data, ctx)
     has_fail = bool(p.train.fail.sum() > 0 and p.val.fail.sum() > 0)
     has_rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
     has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
@@ -190,7 +199,8 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
         forecast_weight=opts.forecast_weight, fail_weight=opts.fail_weight, rul_weight=opts.rul_weight,
         huber_delta=opts.huber_delta, input_noise=opts.input_noise, ema=opts.ema, seed=opts.seed,
-        progress=opts.progress, stop_after=opts.stop_after)
+        progress=opts.progress, stop_after=opts.stop_after, streams=opts.streams,
+        stream_assets=opts.stream_assets)
     contract = {"channels": list(history.channels), "period_s": history.period_s, "window": opts.window,
                 "horizon": opts.horizon, "fail_horizon": opts.fail_horizon, "rul_cap": opts.rul_cap,
                 "normalisation": asdict(norm), "fingerprint": history.fingerprint}
@@ -205,7 +215,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         if ck is not None and opts.members > 1:
             ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
         result = train(member, train_data, val_data, replace(tcfg, seed=seed), mcfg.rul_cap,
-                       checkpoint=ck, resume=opts.resume, contract=contract)
+                       checkpoint=ck, resume=opts.resume, contract=contract, ctx=ctx)
         if not result.finished:
             raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
                              f"resume with --resume --checkpoint {opts.checkpoint}")
@@ -213,6 +223,10 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         results.append(result)
     model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
     result = results[0]
+    if not ctx.is_writer:
+        # Rank 0 calibrates, exports and writes the files; the others wait for what it returns.
+        shared: tuple[ModelSpec, dict[str, Any]] = dist.broadcast(ctx, None)
+        return shared
     vae, vae_summary = _fit_vae(opts, train_data, val_data) if opts.vae else (None, {})
     train_seconds = time.monotonic() - t0
 
@@ -254,6 +268,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
 
         render(Evaluation(spec, history, p.events, p.val, val_scored, val_metrics), opts.report,
                title="Vigil model: validation assets")
+    dist.broadcast(ctx, (spec, summary))
     return spec, summary
 
 
@@ -300,8 +315,14 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
     return spec, pred
 
 
-def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str, Any]]:
-    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives."""
+def _gan_augment(opts: FitOptions, train_data: Inputs, ctx: dist.Dist) -> tuple[Inputs, dict[str, Any]]:
+    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives.
+
+    Rank 0 trains it; every process trains on the windows it made.
+    """
+    if not ctx.is_writer:
+        synthetic, info = dist.broadcast(ctx, None)
+        return with_synthetic(train_data, synthetic), info
     real, sources = pre_failure(train_data)
     if len(real) < 2:
         raise ValueError("--augment gan needs failures in the training assets (pre-failure windows)")
@@ -309,12 +330,14 @@ def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str
     gan = train_gan(real, GanConfig(steps=opts.gan_steps, seed=opts.seed))
     synthetic = gan.sample(round(opts.gan_factor * len(real)), seed=opts.seed + 1)
     div = diversity(synthetic, real, opts.seed)
-    return with_synthetic(train_data, synthetic), {
+    info = {
         "method": "wgan-gp", "real_windows": len(real), "windows": len(synthetic),
         "source_assets": list(sources), "steps": opts.gan_steps, "seconds": round(time.monotonic() - t0, 1),
         "real_spread": round(div.real_spread, 4), "generated_spread": round(div.generated_spread, 4),
         "spread_ratio": round(div.spread_ratio, 4), "nn_ratio": round(div.nn_ratio, 4),
         "collapsed": div.collapsed, "final_critic_loss": round(gan.critic_loss[-1], 4)}
+    dist.broadcast(ctx, (synthetic, info))
+    return with_synthetic(train_data, synthetic), info
 
 
 def _healthy_margin(opts: FitOptions) -> float:

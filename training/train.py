@@ -105,7 +105,7 @@ def loss_sums(heads: Heads, model: Forecaster, rows: Rows, cfg: TrainConfig, pos
         # A process may draw nothing in a step while others do; under DDP it must still run
         # forward and backward, so it contributes zero through the same graph.
         out = heads(torch.zeros(1, 1, model.n_channels, device=device))
-        return torch.stack([sum(o.sum() for o in out) * 0.0] * 4)
+        return torch.stack([o.sum() for o in out]).sum().mul(0.0).expand(4)
     x = torch.from_numpy(rows.x).to(device)
     mean, logvar, logit, rul = heads(x)
     zero = x.new_zeros(())

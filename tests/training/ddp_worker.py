@@ -1,0 +1,101 @@
+"""One process of a 2-process DDP run, started by torchrun from tests/training/test_ddp.py.
+
+    torchrun --nproc_per_node 2 tests/training/ddp_worker.py OUT HISTORY EVENTS
+
+Trains the shared tiny problem under DDP (a whole run; a run stopped after one epoch and
+resumed), keeps each process's drawn windows and final weights in OUT/results/rank{r}.pt,
+then runs `vigil-train fit` (the CLI, inside the same process group) with its outputs in
+OUT/rank{r}/, so anything another rank than 0 wrote would show in its own folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import distributed as dist
+from training.cli import main as cli_main
+from training.data import AssetSeries, Event, History
+from training.labels import Inputs, build_windows, fit_normalisation
+from training.model import Forecaster, ModelConfig
+from training.train import TrainConfig, train
+
+# 4 streams: runs on 1, 2 or 4 processes draw the same global batches. 2 assets per group
+# make the streams load, mix and drop groups within an epoch.
+CFG = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=10, seed=3, progress=False, input_noise=0.05,
+                  ema=0.9, streams=4, stream_assets=2)
+RUL_CAP = 30.0
+LONELY = replace(CFG, epochs=1, streams=2)
+
+
+def ddp_data() -> tuple[Inputs, Inputs]:
+    """Twelve run-to-failure assets of unequal lives, two drifting channels; 9 train, 3 validation."""
+    rng = np.random.default_rng(1)
+    series, events = [], []
+    for i in range(12):
+        life = 50 + 5 * i
+        t = np.arange(life, dtype=float)
+        grid = np.stack([np.exp(t / life * 2) + rng.normal(0, 0.1, life), rng.normal(0, 1, life)], axis=1)
+        series.append(AssetSeries(f"a{i:02d}", 0, grid))
+        events.append(Event(float(life - 1), f"a{i:02d}", "failure"))
+    ws = build_windows(History(("x", "y"), 1.0, tuple(series), "fp"), events, window=8, horizon=2,
+                       fail_horizon=10, max_gap=0)
+    train_ws, val_ws = ws.subset(ws.asset % 4 != 3), ws.subset(ws.asset % 4 == 3)
+    norm = fit_normalisation(train_ws)
+    return train_ws.inputs(norm), val_ws.inputs(norm)
+
+
+def one_asset(data: Inputs) -> Inputs:
+    """The windows of the first asset alone."""
+    return Inputs(data.ws.subset(data.ws.asset == data.ws.asset[0]), data.z)
+
+
+def new_model() -> Forecaster:
+    """Forecast, failure and RUL heads (the RUL head's empty hidden layer is a frozen, unused weight)."""
+    torch.manual_seed(0)
+    return Forecaster(ModelConfig(n_channels=2, horizon=2, hidden=8, rul_head=True, rul_cap=RUL_CAP))
+
+
+def weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def main(out: Path, history: str, events: str) -> int:
+    torch.set_num_threads(1)
+    with dist.session() as ctx:
+        tr, va = ddp_data()
+        drawn: list[tuple[int, int, np.ndarray]] = []
+        full = new_model()
+        run = train(full, tr, va, CFG, RUL_CAP, ctx=ctx,
+                    on_batch=lambda epoch, step, ids: drawn.append((epoch, step, ids.copy())))
+        shared = out / "shared" / "run.ckpt"
+        part = train(new_model(), tr, va, replace(CFG, stop_after=1), RUL_CAP, checkpoint=shared, ctx=ctx)
+        if ctx.is_writer:  # kept for the test to resume on one process
+            shutil.copy(shared, shared.with_name("after1.ckpt"))
+        dist.barrier(ctx)
+        resumed = new_model()
+        rest = train(resumed, tr, va, CFG, RUL_CAP, checkpoint=shared, resume=True, ctx=ctx)
+        # One training asset, two streams: rank 1 draws nothing, yet must step with rank 0.
+        lonely = new_model()
+        train(lonely, one_asset(tr), va, LONELY, RUL_CAP, ctx=ctx)
+        results = out / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        torch.save({"full": weights(full), "resumed": weights(resumed), "curve": run.curve,
+                    "rest_curve": rest.curve, "lonely": weights(lonely), "part_finished": part.finished,
+                    "drawn": drawn},
+                   results / f"rank{ctx.rank}.pt")
+        mine = out / f"rank{ctx.rank}"
+        return cli_main([
+            "fit", "--history", history, "--events", events, "--window", "12", "--horizon", "2",
+            "--fail-horizon", "720", "--hidden", "8", "--epochs", "2", "--windows-per-epoch", "3000",
+            "--threads", "1", "--streams", "2", "--quiet", "--out", str(mine / "m.pt"),
+            "--checkpoint", str(mine / "c.ckpt"), "--report", str(mine / "report")])
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
