@@ -31,6 +31,7 @@ Format = Literal["long", "wide", "cmapss"]
 FORMATS: tuple[Format, ...] = ("long", "wide", "cmapss")
 EVENT_KINDS = ("failure", "maintenance")
 LONG_COLUMNS = ("ts", "asset", "channel", "value")
+NO_PERIOD = "cannot infer the sample period: no series has two readings; pass --period"
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,19 @@ def channel_codes(path: Path, fmt: Format, names: Names, channels: tuple[str, ..
     return want, np.array([want.index(c) if c in want else -1 for c in found], dtype=np.int64)
 
 
-def infer_period(ts: FloatArray, keys: IntArray) -> float:
-    """The sample period: the median positive gap between readings of the same series."""
+def series_gaps(ts: FloatArray, keys: IntArray) -> FloatArray:
+    """The positive gaps between consecutive readings of the same series (`keys`)."""
     order = np.lexsort((ts, keys))
     t, k = ts[order], keys[order]
-    gaps = np.diff(t)[(np.diff(k) == 0)]
-    gaps = gaps[gaps > 0]
+    gaps: FloatArray = np.diff(t)[(np.diff(k) == 0)]
+    return gaps[gaps > 0]
+
+
+def infer_period(ts: FloatArray, keys: IntArray) -> float:
+    """The sample period: the median positive gap between readings of the same series."""
+    gaps = series_gaps(ts, keys)
     if len(gaps) == 0:
-        raise DataError("cannot infer the sample period: no series has two readings; pass --period")
+        raise DataError(NO_PERIOD)
     return float(np.median(gaps))
 
 
