@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,10 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import DataError
+from agent.runtime import load_model
 from agent.spec import Normalisation
 from sim.plant import CHANNELS
-from training import readers
+from training import cli, readers
 from training.data import Coded, infer_period, load_events, load_history
+from training.fit import FitOptions, streamed
 from training.labels import build_windows, fit_normalisation, input_quantiles, split_by_asset
 from training.source import MemorySource
 from training.stream import (
@@ -208,3 +212,40 @@ def test_pick_assets_keeps_to_the_budget() -> None:
     assert sum(sizes[i] for i in chosen) <= 40 and chosen == sorted(chosen)
     assert chosen == pick_assets(sizes, 40, seed=3)
     assert len(pick_assets([100, 200], 10, seed=0)) == 1
+
+
+class TestFitStreaming:
+    def test_vigil_train_fit_stream_matches_the_in_memory_fit(self, layouts: dict[str, tuple[Path, Path]],
+                                                              tmp_path: Path) -> None:
+        """`vigil-train fit --stream` on a partitioned folder: the same split, windows and normalisation
+        as the in-memory fit of the single file, a model the agent loads, and the cache left in --work-dir."""
+        common = ["--window", "12", "--horizon", "2", "--fail-horizon", "36", "--hidden", "4",
+                  "--epochs", "1", "--windows-per-epoch", "300", "--val-fraction", "0.4", "--quiet"]
+        history, events = layouts["asset"]
+        assert cli.main(["fit", "--history", str(layouts["file"][0]), "--events", str(events), *common,
+                         "--out", str(tmp_path / "mem.pt")]) == 0
+        assert cli.main(["fit", "--history", str(history), "--events", str(events), *common, "--stream",
+                         "--stream-budget", "3000", "--work-dir", str(tmp_path / "work"),
+                         "--out", str(tmp_path / "stream.pt")]) == 0
+        mem, got = (json.loads((tmp_path / f"{n}.summary.json").read_text()) for n in ("mem", "stream"))
+        for key in ("train_assets", "val_assets", "train_windows", "val_windows", "period_s", "heads"):
+            assert got[key] == mem[key], key
+        assert got["stream"]["peak_buffer"] <= 3000 < got["stream"]["readings"]
+        m_spec, s_spec = load_model(tmp_path / "mem.pt").spec, load_model(tmp_path / "stream.pt").spec
+        np.testing.assert_allclose(s_spec.normalisation.mean, m_spec.normalisation.mean, rtol=1e-6)
+        np.testing.assert_allclose(s_spec.normalisation.std, m_spec.normalisation.std, rtol=1e-6)
+        np.testing.assert_allclose(s_spec.input_quantiles, m_spec.input_quantiles, rtol=1e-12)
+        cached = GridCache.open(tmp_path / "work").names
+        assert cached == tuple(sorted(mem["train_assets"] + mem["val_assets"]))
+
+    def test_stream_cells_bound_what_each_split_takes(self, layouts: dict[str, tuple[Path, Path]],
+                                                      tmp_path: Path) -> None:
+        """With a small --stream-cells, the training windows come from fewer, whole assets."""
+        history, events = layouts["date"]
+        opts = FitOptions(history=history, events=events, out=tmp_path / "m.pt", window=12, horizon=2,
+                          fail_horizon=36, val_fraction=0.4, stream=True, stream_cells=400)
+        with tempfile.TemporaryDirectory() as work:
+            data = streamed(opts, Path(work))
+            assert len(data.source.assets) == 3 and data.loader["train_assets_drawn"] == 1
+            drawn = {data.train.ws.assets[a] for a in np.unique(data.train.ws.asset)}
+            assert len(drawn) == 1 and 0 < len(data.train.ws) < data.train_windows
