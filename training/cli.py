@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train, calibrate and export a model. Options left out take the "
                        "format's defaults (C-MAPSS: see docs/training.md).")
     f.add_argument("--history", type=Path, required=True,
-                   help="history file: long or wide CSV/Parquet, or a C-MAPSS train_FD00x.txt")
+                   help="history: a long or wide CSV/Parquet file, a folder of Parquet files (plain or "
+                   "partitioned by asset= or date=), or a C-MAPSS train_FD00x.txt")
     f.add_argument("--events", type=Path, help="events CSV: ts,asset,event (failure|maintenance)")
     f.add_argument("--format", dest="fmt", choices=FORMATS, default="long", help="history layout")
     f.add_argument("--channels", type=_names, help="comma-separated channels to use, in this order")
@@ -98,12 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint", type=Path, help="checkpoint file, written every epoch")
     f.add_argument("--resume", action="store_true", default=None, help="continue from --checkpoint")
     f.add_argument("--stop-after", type=_positive_int, help="stop after N epochs (resume later)")
-    f.add_argument("--streams", type=_positive_int,
-                   help="virtual streams of assets that windows are drawn through (default 8); under "
-                   "torchrun the number of processes must divide it, and a run keeps it when resumed")
-    f.add_argument("--stream-assets", type=_positive_int,
-                   help="assets a stream loads at a time (default 32): bounds memory on large histories")
+    f.add_argument("--shards", type=_positive_int,
+                   help="each epoch deals the training assets to this many shards (default 8); under "
+                   "torchrun the number of processes must divide it, and a resumed run keeps it")
+    f.add_argument("--shard-windows", type=_positive_int,
+                   help="windows a shard loads at a time, as whole assets (default 200000): bounds memory")
     f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
+    f.add_argument("--stream", action="store_true", default=None,
+                   help="never hold the whole history: stream it through a gridded cache on disk and train "
+                   "on a bounded choice of assets (docs/training.md, Large histories)")
+    f.add_argument("--stream-budget", type=_positive_int,
+                   help="--stream: readings held in memory while reading (default 2000000)")
+    f.add_argument("--stream-cells", type=_positive_int,
+                   help="--stream: grid cells of whole assets each split takes into memory (default 1000000)")
+    f.add_argument("--work-dir", type=Path,
+                   help="--stream: an empty folder for the cache (default: a temporary one, removed after)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
     f.add_argument("--onnx", action="store_true",

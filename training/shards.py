@@ -1,13 +1,13 @@
 """Training windows shared out by asset among processes, drawn the same way whatever their number.
 
 Each epoch the training assets are shuffled by (seed, epoch) and dealt to a fixed number V of
-virtual streams (stream v owns assets[v::V]); process r of W runs the streams v with
-v % W == r, so each process reads only its own assets and no window is drawn twice in an epoch.
-A stream loads its assets a group at a time (`group` assets per `windows_of` call) and shuffles
-what it holds; at step k it hands out its share of the global batch, in proportion to the
-windows it owns, so every stream ends the epoch together. The global batch of step k is the
-union of the streams' k-th draws whatever W is, which makes a run on W processes train the
-same weights as one process (V must be a multiple of W).
+shards (shard v owns assets[v::V]); process r of W runs the shards v with v % W == r, so
+each process reads only its own assets and no window is drawn twice in an epoch. A shard
+loads its assets a group at a time (whole assets, about `hold` windows per `windows_of`
+call) and shuffles what it holds; at step k it hands out its share of the global batch, in
+proportion to the windows it owns, so every shard ends the epoch together. The global batch
+of step k is the union of the shards' k-th draws whatever W is, which makes a run on W
+processes train the same weights as one process (V must be a multiple of W).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +32,7 @@ VAL_CHUNK = 1024
 
 def as_source(data: Inputs | WindowSource) -> WindowSource:
     """A WindowSource for windows already in memory, or the source itself."""
-    if isinstance(data, Inputs):
-        # MemorySource is frozen: its `assets` is read-only, which is all the protocol is used for.
-        return cast(WindowSource, MemorySource.of(data))
-    return data
+    return MemorySource.of(data) if isinstance(data, Inputs) else data
 
 
 def asset_index(source: WindowSource, data: Inputs) -> IntArray:
@@ -71,14 +67,23 @@ class Census:
         return int(self.windows.sum())
 
 
-def census(source: WindowSource, ctx: dist.Dist, group: int) -> Census:
+def loads(source: WindowSource, assets: Sequence[int] | IntArray, hold: int) -> Iterator[Inputs]:
+    """The windows of `assets`, a few whole assets per `windows_of` call: about `hold` windows each,
+    judged from the windows per asset seen so far."""
+    done, seen = 0, 0
+    while done < len(assets):
+        k = 1 if seen == 0 else max(1, int(hold * done // seen))
+        data = source.windows_of([int(a) for a in assets[done:done + k]])
+        done, seen = done + len(assets[done:done + k]), seen + len(data.ws)
+        yield data
+
+
+def census(source: WindowSource, ctx: dist.Dist, hold: int) -> Census:
     """Count each asset's windows (each process counts its share of the assets; the counts are summed)."""
     n = len(source.assets)
     counts = np.zeros((2, n))
     shape = np.zeros(3)
-    mine = np.arange(ctx.rank, n, ctx.world)
-    for start in range(0, len(mine), group):
-        data = source.windows_of([int(a) for a in mine[start:start + group]])
+    for data in loads(source, np.arange(ctx.rank, n, ctx.world), hold):
         aid = asset_index(source, data)
         counts[0] += np.bincount(aid, minlength=n)
         counts[1] += np.bincount(aid, weights=data.ws.fail, minlength=n)
@@ -132,7 +137,7 @@ class Rows:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """One group of assets' windows held by a stream, with their RUL targets and asset indices."""
+    """One group of assets' windows held by a shard, with their RUL targets and asset indices."""
 
     data: Inputs
     rul: F32
@@ -144,23 +149,38 @@ class _Loaded:
         return Rows(self.data.x(idx), self.data.y(idx), ws.has_target[idx], ws.fail[idx], self.rul[idx], ids)
 
 
-def load(source: WindowSource, assets: Sequence[int] | npt.NDArray[np.integer], rul_cap: float) -> _Loaded:
-    data = source.windows_of([int(a) for a in assets])
+def loaded(source: WindowSource, data: Inputs, rul_cap: float) -> _Loaded:
     rul = data.ws.rul_target(rul_cap) / np.float32(rul_cap)
     return _Loaded(data, rul.astype(np.float32), asset_index(source, data))
 
 
-class Stream:
-    """One virtual stream for one epoch: its assets loaded a group at a time, shuffled, drawn in steps.
+def groups_of(assets: IntArray, sizes: IntArray, hold: int) -> list[IntArray]:
+    """Consecutive assets with windows, grouped so that a group holds about `hold` windows at most
+    (an asset larger than that is a group of its own)."""
+    groups: list[list[int]] = []
+    total = 0
+    for a, size in zip(assets.tolist(), sizes.tolist(), strict=True):
+        if size == 0:
+            continue
+        if not groups or total + size > hold:
+            groups.append([])
+            total = 0
+        groups[-1].append(a)
+        total += size
+    return [np.array(g, dtype=np.int64) for g in groups]
+
+
+class Shard:
+    """One shard for one epoch: its assets loaded a group at a time, shuffled, drawn in steps.
 
     At most two groups are held: the one being drawn and the next, mixed in when the first runs low.
     """
 
-    def __init__(self, source: WindowSource, assets: IntArray, budget: int, steps: int, group: int,
+    def __init__(self, source: WindowSource, groups: list[IntArray], budget: int, steps: int,
                  rul_cap: float, shape: Shape, rng: np.random.Generator, noise: float,
                  noise_rng: np.random.Generator) -> None:
         self.source, self.budget, self.steps, self.rul_cap, self.shape = source, budget, steps, rul_cap, shape
-        self.groups = [assets[i:i + group] for i in range(0, len(assets), group)]
+        self.groups = groups
         self.rng, self.noise, self.noise_rng = rng, noise, noise_rng
         self.loaded: dict[int, _Loaded] = {}
         self.slot = np.empty(0, dtype=np.int64)   # queue of windows still to draw: (slot, index in slot)
@@ -168,13 +188,13 @@ class Stream:
         self.next_group = 0
 
     def quota(self, step: int) -> int:
-        """Windows this stream gives to step `step`: its budget spread evenly over the epoch's steps."""
+        """Windows this shard gives to step `step`: its budget spread evenly over the epoch's steps."""
         return (step + 1) * self.budget // self.steps - step * self.budget // self.steps
 
     def _load_next(self) -> None:
         g = self.next_group
         self.next_group += 1
-        got = load(self.source, self.groups[g], self.rul_cap)
+        got = loaded(self.source, self.source.windows_of(self.groups[g].tolist()), self.rul_cap)
         live = set(np.unique(self.slot).tolist())
         self.loaded = {s: v for s, v in self.loaded.items() if s in live}
         self.loaded[g] = got
@@ -205,20 +225,23 @@ class Stream:
 
 @dataclass(frozen=True)
 class Plan:
-    """How training windows are drawn: the same draws for every number of processes dividing `streams`."""
+    """How training windows are drawn: the same draws for every number of processes dividing `shards`.
 
-    streams: int
-    group: int
+    `hold`: windows a shard loads at a time (whole assets; it holds up to twice that).
+    """
+
+    shards: int
+    hold: int
     batch_size: int
     windows_per_epoch: int
     seed: int
     input_noise: float = 0.0
 
     def check(self, world: int) -> None:
-        if self.streams < 1 or self.group < 1:
-            raise ValueError(f"streams ({self.streams}) and stream assets ({self.group}) must be at least 1")
-        if self.streams % world:
-            raise ValueError(f"--streams {self.streams} is not a multiple of the {world} processes; "
+        if self.shards < 1 or self.hold < 1:
+            raise ValueError(f"shards ({self.shards}) and shard windows ({self.hold}) must be at least 1")
+        if self.shards % world:
+            raise ValueError(f"--shards {self.shards} is not a multiple of the {world} processes; "
                              f"use a multiple of {world} (the same on every run that resumes this one)")
 
     def sizes(self, total: int) -> tuple[int, int]:
@@ -227,24 +250,24 @@ class Plan:
         return n, max(math.ceil(n / self.batch_size), 1)
 
     def owners(self, n_assets: int, epoch: int) -> list[IntArray]:
-        """The assets of each virtual stream in epoch `epoch`."""
+        """The assets of each shard in epoch `epoch`."""
         perm = np.random.default_rng([self.seed, epoch, 0]).permutation(n_assets)
-        return [perm[v::self.streams] for v in range(self.streams)]
+        return [perm[v::self.shards] for v in range(self.shards)]
 
     def epoch(self, source: WindowSource, counts: Census, epoch: int, ctx: dist.Dist,
               rul_cap: float) -> Epoch:
-        """This process's streams for epoch `epoch`."""
+        """This process's shards for epoch `epoch` (shard v runs on process v mod W)."""
         n, steps = self.sizes(counts.total)
-        streams = []
+        shards = []
         for v, assets in enumerate(self.owners(len(source.assets), epoch)):
             if v % ctx.world != ctx.rank:
                 continue
             owned = int(counts.windows[assets].sum())
             budget = n * owned // max(counts.total, 1)
-            streams.append(Stream(source, assets, budget, steps, self.group, rul_cap, counts.shape,
-                                  np.random.default_rng([self.seed, epoch, 1, v]), self.input_noise,
-                                  np.random.default_rng([self.seed, epoch, 2, v])))
-        return Epoch(steps, streams, counts.shape)
+            shards.append(Shard(source, groups_of(assets, counts.windows[assets], self.hold), budget, steps,
+                                rul_cap, counts.shape, np.random.default_rng([self.seed, epoch, 1, v]),
+                                self.input_noise, np.random.default_rng([self.seed, epoch, 2, v])))
+        return Epoch(steps, shards, counts.shape)
 
 
 @dataclass(frozen=True)
@@ -252,14 +275,14 @@ class Epoch:
     """One process's part of an epoch: `batch(k)` is its share of global batch k."""
 
     steps: int
-    streams: list[Stream]
+    shards: list[Shard]
     shape: Shape
 
     def batch(self, step: int) -> Rows:
-        return Rows.concat([s.take(step) for s in self.streams], self.shape)
+        return Rows.concat([s.take(step) for s in self.shards], self.shape)
 
 
-def validation_rows(source: WindowSource, counts: Census, ctx: dist.Dist, group: int, cap: int,
+def validation_rows(source: WindowSource, counts: Census, ctx: dist.Dist, hold: int, cap: int,
                     rul_cap: float) -> Iterator[Rows]:
     """This process's share of the validation windows (assets dealt r::W), in chunks.
 
@@ -268,8 +291,8 @@ def validation_rows(source: WindowSource, counts: Census, ctx: dist.Dist, group:
     """
     stride = max(1, math.ceil(counts.total / max(cap, 1)))
     mine = np.arange(ctx.rank, len(source.assets), ctx.world)
-    for start in range(0, len(mine), group):
-        got = load(source, mine[start:start + group], rul_cap)
+    for group in groups_of(mine, counts.windows[mine], hold):
+        got = loaded(source, source.windows_of(group.tolist()), rul_cap)
         keep = np.flatnonzero(_position_in_asset(got.aid) % stride == 0)
         for k in range(0, len(keep), VAL_CHUNK):
             yield got.rows(keep[k:k + VAL_CHUNK])

@@ -21,7 +21,8 @@ class WindowSource(Protocol):
     """Windows by asset. `windows_of` returns the windows of the chosen assets (indices into
     `assets`), in `assets` order; the result's `ws.asset` indexes its own `ws.assets`."""
 
-    assets: tuple[str, ...]
+    @property
+    def assets(self) -> tuple[str, ...]: ...   # read-only, so frozen dataclasses qualify
 
     def windows_of(self, assets: Sequence[int]) -> Inputs: ...
 

@@ -53,11 +53,11 @@ class TrainConfig:
     progress: bool = True
     # Stop after this many epochs in this run, checkpoint kept, to resume later (0: run to the end).
     stop_after: int = 0
-    # Windows are drawn through this many virtual streams of assets (training/shards.py): a
-    # multiple of every number of processes that this run, and any resume of it, will use.
-    streams: int = 8
-    # Assets a stream loads at a time (one windows_of call): bounds memory on a streamed history.
-    stream_assets: int = 32
+    # Each epoch deals the training assets to this many shards (training/shards.py): a multiple
+    # of every number of processes that this run, and any resume of it, will use.
+    shards: int = 8
+    # Windows a shard loads at a time (whole assets; it holds up to twice as many): bounds memory.
+    shard_windows: int = 200_000
 
 
 @dataclass
@@ -182,12 +182,12 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
     `on_batch(epoch, step, ids)` sees the (asset, end cell) of this process's windows of each step.
     """
     seed_everything(cfg.seed)
-    plan = Plan(cfg.streams, cfg.stream_assets, cfg.batch_size, cfg.windows_per_epoch, cfg.seed,
+    plan = Plan(cfg.shards, cfg.shard_windows, cfg.batch_size, cfg.windows_per_epoch, cfg.seed,
                 cfg.input_noise)
     plan.check(ctx.world)
     train_src, val_src = as_source(train_data), as_source(val_data)
-    train_counts = census(train_src, ctx, cfg.stream_assets)
-    val_counts = census(val_src, ctx, cfg.stream_assets)
+    train_counts = census(train_src, ctx, cfg.shard_windows)
+    val_counts = census(val_src, ctx, cfg.shard_windows)
     if train_counts.total == 0:
         raise ValueError("no training windows")
     pw_train, pw_val = pos_weight_of(train_counts), pos_weight_of(val_counts)
@@ -289,7 +289,7 @@ def validate(model: Forecaster, source: WindowSource, counts: Census, cfg: Train
     model.eval()
     sums, n = np.zeros(4), np.zeros(3)
     with torch.no_grad():
-        for rows in validation_rows(source, counts, ctx, cfg.stream_assets, cfg.val_windows, rul_cap):
+        for rows in validation_rows(source, counts, ctx, cfg.shard_windows, cfg.val_windows, rul_cap):
             sums += loss_sums(model.heads, model, rows, cfg, pos_weight, ctx.device).double().cpu().numpy()
             n += rows.counts()
     both = dist.all_reduce_sum(ctx, np.concatenate([sums, n]))

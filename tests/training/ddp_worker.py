@@ -25,12 +25,12 @@ from training.labels import Inputs, build_windows, fit_normalisation
 from training.model import Forecaster, ModelConfig
 from training.train import TrainConfig, train
 
-# 4 streams: runs on 1, 2 or 4 processes draw the same global batches. 2 assets per group
-# make the streams load, mix and drop groups within an epoch.
+# 4 shards: runs on 1, 2 or 4 processes draw the same global batches. Loads of about 150
+# windows (2 or 3 assets) make the shards load, mix and drop groups within an epoch.
 CFG = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=10, seed=3, progress=False, input_noise=0.05,
-                  ema=0.9, streams=4, stream_assets=2)
+                  ema=0.9, shards=4, shard_windows=150)
 RUL_CAP = 30.0
-LONELY = replace(CFG, epochs=1, streams=2)
+LONELY = replace(CFG, epochs=1, shards=2)
 
 
 def ddp_data() -> tuple[Inputs, Inputs]:
@@ -80,7 +80,7 @@ def main(out: Path, history: str, events: str) -> int:
         dist.barrier(ctx)
         resumed = new_model()
         rest = train(resumed, tr, va, CFG, RUL_CAP, checkpoint=shared, resume=True, ctx=ctx)
-        # One training asset, two streams: rank 1 draws nothing, yet must step with rank 0.
+        # One training asset, two shards: rank 1 draws nothing, yet must step with rank 0.
         lonely = new_model()
         train(lonely, one_asset(tr), va, LONELY, RUL_CAP, ctx=ctx)
         results = out / "results"
@@ -93,7 +93,7 @@ def main(out: Path, history: str, events: str) -> int:
         return cli_main([
             "fit", "--history", history, "--events", events, "--window", "12", "--horizon", "2",
             "--fail-horizon", "720", "--hidden", "8", "--epochs", "2", "--windows-per-epoch", "3000",
-            "--threads", "1", "--streams", "2", "--quiet", "--out", str(mine / "m.pt"),
+            "--threads", "1", "--shards", "2", "--quiet", "--out", str(mine / "m.pt"),
             "--checkpoint", str(mine / "c.ckpt"), "--report", str(mine / "report")])
 
 

@@ -41,7 +41,7 @@ class TestDraws:
         """[rank][step] -> the (asset, end cell) of the windows that rank draws."""
         tr, _ = ddp_data()
         src = as_source(tr)
-        counts = census(src, dist.SINGLE, plan.group)
+        counts = census(src, dist.SINGLE, plan.hold)
         out = []
         for rank in range(world):
             ep = plan.epoch(src, counts, epoch, dist.Dist(rank, world), RUL_CAP)
@@ -50,7 +50,7 @@ class TestDraws:
 
     def test_no_window_twice_and_the_same_global_batches_for_any_world(self) -> None:
         """Every window of an epoch is drawn once, by one process; batch k is the same set for W = 1, 2, 4."""
-        plan = Plan(streams=4, group=2, batch_size=64, windows_per_epoch=10_000, seed=3)
+        plan = Plan(shards=4, hold=150, batch_size=64, windows_per_epoch=10_000, seed=3)
         tr, _ = ddp_data()
         for epoch in range(2):
             one = self.draws(1, plan, epoch)[0]
@@ -69,14 +69,14 @@ class TestDraws:
 
     def test_windows_per_epoch_caps_the_draws(self) -> None:
         """With fewer windows per epoch than windows, an epoch draws about that many, none twice."""
-        plan = Plan(streams=4, group=2, batch_size=32, windows_per_epoch=200, seed=0)
+        plan = Plan(shards=4, hold=150, batch_size=32, windows_per_epoch=200, seed=0)
         one = self.draws(1, plan, 0)[0]
         drawn = [w for step in one for w in step]
         assert len(one) == 200 // 32 + 1 and 196 <= len(drawn) <= 200 and len(set(drawn)) == len(drawn)
 
-    def test_streams_must_be_a_multiple_of_the_processes(self) -> None:
-        with pytest.raises(ValueError, match="--streams 8 is not a multiple of the 3 processes"):
-            Plan(streams=8, group=2, batch_size=32, windows_per_epoch=100, seed=0).check(3)
+    def test_shards_must_be_a_multiple_of_the_processes(self) -> None:
+        with pytest.raises(ValueError, match="--shards 8 is not a multiple of the 3 processes"):
+            Plan(shards=8, hold=150, batch_size=32, windows_per_epoch=100, seed=0).check(3)
 
     def test_environment_without_torchrun_is_one_process(self) -> None:
         """No WORLD_SIZE (or 1): no process group; a bad variable is a clear error."""
@@ -183,8 +183,8 @@ class TestTwoProcesses:
         assert [ln for ln in stdout.splitlines() if ln.startswith("{")] and '"model"' in stdout
         assert load_model(zero / "m.pt").spec.window == 12
 
-    def test_streams_not_divisible_is_refused(self, tmp_path: Path) -> None:
-        """A streams count the processes do not divide is refused before any training."""
+    def test_shards_not_divisible_is_refused(self, tmp_path: Path) -> None:
+        """A number of shards the processes do not divide is refused before any training."""
         tr, va = ddp_data()
         with pytest.raises(ValueError, match="not a multiple of the 2 processes"):
-            train(new_model(), tr, va, replace(CFG, streams=3), RUL_CAP, ctx=dist.Dist(0, 2))
+            train(new_model(), tr, va, replace(CFG, shards=3), RUL_CAP, ctx=dist.Dist(0, 2))
