@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,7 +216,7 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
         model.train()
         bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                    file=sys.stderr, leave=False, unit="batch")
-        total, seen = 0.0, 0.0
+        total, seen, started = 0.0, 0.0, time.monotonic()
         for step in bar:
             rows = ep.batch(step)
             if on_batch is not None:
@@ -238,10 +239,13 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
             seen += float(counts[0])
             if not ctx.active:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        loop_s = time.monotonic() - started
         total = float(dist.all_reduce_sum(ctx, [total])[0])
         val = validate(kept, val_src, val_counts, cfg, ctx, pw_val, rul_cap)
+        # Windows trained on (all processes) and the seconds it took: the throughput benchmarks read.
         row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(seen, 1.0),
-                                 "lr": float(sched.get_last_lr()[0]), **val}
+                                 "lr": float(sched.get_last_lr()[0]), "windows": seen,
+                                 "train_s": round(loop_s, 3), **val}
         state.curve.append(row)
         if show:
             tqdm.write(f"epoch {epoch + 1}: train {row['train_loss']:.4f} "

@@ -4,8 +4,9 @@
 
 Trains the shared tiny problem under DDP (a whole run; a run stopped after one epoch and
 resumed), keeps each process's drawn windows and final weights in OUT/results/rank{r}.pt,
-then runs `vigil-train fit` (the CLI, inside the same process group) with its outputs in
-OUT/rank{r}/, so anything another rank than 0 wrote would show in its own folder.
+then runs `vigil-train fit --stream` (the CLI, inside the same process group: one cache
+shared by the two processes) with its outputs in OUT/rank{r}/, so anything another rank
+than 0 wrote would show in its own folder.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main(out: Path, history: str, events: str) -> int:
         return cli_main([
             "fit", "--history", history, "--events", events, "--window", "12", "--horizon", "2",
             "--fail-horizon", "720", "--hidden", "8", "--epochs", "2", "--windows-per-epoch", "3000",
-            "--threads", "1", "--shards", "2", "--quiet", "--out", str(mine / "m.pt"),
+            "--threads", "1", "--shards", "2", "--stream", "--quiet", "--out", str(mine / "m.pt"),
             "--checkpoint", str(mine / "c.ckpt"), "--report", str(mine / "report")])
 
 

@@ -7,6 +7,7 @@ window twice per epoch across processes, and leave every file to rank 0.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -173,8 +174,8 @@ class TestTwoProcesses:
         assert rest.epochs_run == 3 and close(weights(alone), results[0]["full"]) < TOL
 
     def test_rank_zero_alone_writes(self, two_processes: tuple[Path, list[dict[str, Any]], str]) -> None:
-        """`vigil-train fit` under torchrun, each rank given its own paths: rank 0 wrote the model,
-        summary, checkpoint and report; rank 1 wrote nothing; one JSON line on stdout."""
+        """`vigil-train fit --stream` under torchrun, each rank given its own paths: rank 0 wrote the
+        model, summary, checkpoint and report; rank 1 wrote nothing; one JSON line on stdout."""
         out, _, stdout = two_processes
         zero = out / "rank0"
         assert {p.name for p in zero.iterdir()} == {"m.pt", "m.summary.json", "c.ckpt", "report"}
@@ -182,6 +183,8 @@ class TestTwoProcesses:
         assert not (out / "rank1").exists()
         assert [ln for ln in stdout.splitlines() if ln.startswith("{")] and '"model"' in stdout
         assert load_model(zero / "m.pt").spec.window == 12
+        summary = json.loads((zero / "m.summary.json").read_text())
+        assert summary["stream"]["assets"] == 6 and summary["epochs_run"] == 2
 
     def test_shards_not_divisible_is_refused(self, tmp_path: Path) -> None:
         """A number of shards the processes do not divide is refused before any training."""
