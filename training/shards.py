@@ -4,10 +4,10 @@ Each epoch the training assets are shuffled by (seed, epoch) and dealt to a fixe
 shards (shard v owns assets[v::V]); process r of W runs the shards v with v % W == r, so
 each process reads only its own assets and no window is drawn twice in an epoch. A shard
 loads its assets a group at a time (whole assets, about `hold` windows per `windows_of`
-call) and shuffles what it holds; at step k it hands out its share of the global batch, in
-proportion to the windows it owns, so every shard ends the epoch together. The global batch
-of step k is the union of the shards' k-th draws whatever W is, which makes a run on W
-processes train the same weights as one process (V must be a multiple of W).
+call) and draws each group in a random order; at step k it hands out its share of the
+global batch, in proportion to the windows it owns, so every shard ends the epoch together.
+The global batch of step k is the union of the shards' k-th draws whatever W is, which
+makes a run on W processes train the same weights as one process (V must be a multiple of W).
 """
 
 from __future__ import annotations
@@ -114,10 +114,6 @@ class Rows:
         """Rows, rows with forecast targets and rows with a known RUL: the loss's denominators."""
         return np.array([len(self), self.has_target.sum(), np.isfinite(self.rul).sum()], dtype=np.float64)
 
-    def take(self, idx: IntArray) -> Rows:
-        return Rows(self.x[idx], self.y[idx], self.has_target[idx], self.fail[idx], self.rul[idx],
-                    self.ids[idx])
-
     @staticmethod
     def empty(shape: Shape) -> Rows:
         return Rows(np.zeros((0, shape.window, shape.channels), np.float32),
@@ -173,7 +169,8 @@ def groups_of(assets: IntArray, sizes: IntArray, hold: int) -> list[IntArray]:
 class Shard:
     """One shard for one epoch: its assets loaded a group at a time, shuffled, drawn in steps.
 
-    At most two groups are held: the one being drawn and the next, mixed in when the first runs low.
+    A group's windows are drawn in a random order; the step that runs out of them takes the
+    rest from the next group. So a shard holds one group, two during that step, never more.
     """
 
     def __init__(self, source: WindowSource, groups: list[IntArray], budget: int, steps: int,
@@ -183,7 +180,8 @@ class Shard:
         self.groups = groups
         self.rng, self.noise, self.noise_rng = rng, noise, noise_rng
         self.loaded: dict[int, _Loaded] = {}
-        self.slot = np.empty(0, dtype=np.int64)   # queue of windows still to draw: (slot, index in slot)
+        # The windows still to draw, as (group, index in the group); groups follow each other.
+        self.slot = np.empty(0, dtype=np.int64)
         self.local = np.empty(0, dtype=np.int64)
         self.next_group = 0
 
@@ -195,13 +193,9 @@ class Shard:
         g = self.next_group
         self.next_group += 1
         got = loaded(self.source, self.source.windows_of(self.groups[g].tolist()), self.rul_cap)
-        live = set(np.unique(self.slot).tolist())
-        self.loaded = {s: v for s, v in self.loaded.items() if s in live}
         self.loaded[g] = got
-        slot = np.concatenate([self.slot, np.full(len(got.data.ws), g, dtype=np.int64)])
-        local = np.concatenate([self.local, np.arange(len(got.data.ws), dtype=np.int64)])
-        order = self.rng.permutation(len(slot))
-        self.slot, self.local = slot[order], local[order]
+        self.slot = np.concatenate([self.slot, np.full(len(got.data.ws), g, dtype=np.int64)])
+        self.local = np.concatenate([self.local, self.rng.permutation(len(got.data.ws))])
 
     def take(self, step: int) -> Rows:
         want = self.quota(step)
@@ -209,14 +203,14 @@ class Shard:
             self._load_next()
         slot, local = self.slot[:want], self.local[:want]
         self.slot, self.local = self.slot[want:], self.local[want:]
-        parts, where = [], []
-        for s in np.unique(slot):
-            sel = np.flatnonzero(slot == s)
-            parts.append(self.loaded[int(s)].rows(local[sel]))
-            where.append(sel)
-        rows = Rows.concat(parts, self.shape)
-        if len(parts) > 1:
-            rows = rows.take(np.argsort(np.concatenate(where)))
+        # Groups come one after the other in the queue: each one's windows are contiguous.
+        groups, starts = np.unique(slot, return_index=True)
+        ends = np.append(starts[1:], len(slot))[:len(starts)]
+        rows = Rows.concat([self.loaded[int(g)].rows(local[a:b])
+                            for g, a, b in zip(groups.tolist(), starts.tolist(), ends.tolist(), strict=True)],
+                           self.shape)
+        first = int(self.slot[0]) if len(self.slot) else self.next_group
+        self.loaded = {g: v for g, v in self.loaded.items() if g >= first}  # drop drawn-out groups
         if self.noise > 0 and len(rows):
             noise = self.noise_rng.standard_normal(rows.x.shape, dtype=np.float32) * np.float32(self.noise)
             rows = Rows(rows.x + noise, rows.y, rows.has_target, rows.fail, rows.rul, rows.ids)
@@ -227,7 +221,8 @@ class Shard:
 class Plan:
     """How training windows are drawn: the same draws for every number of processes dividing `shards`.
 
-    `hold`: windows a shard loads at a time (whole assets; it holds up to twice that).
+    `hold`: windows a shard loads at a time (whole assets; it holds one load, two while it
+    moves from one to the next).
     """
 
     shards: int

@@ -93,7 +93,6 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     return factor
 
 
-
 Heads = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 

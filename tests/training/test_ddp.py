@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from agent.runtime import load_model
 from tests.broker import free_port
 from tests.training.ddp_worker import CFG, LONELY, RUL_CAP, ddp_data, new_model, one_asset, weights
 from training import distributed as dist
+from training.labels import Inputs
 from training.shards import Plan, as_source, census
 from training.train import train
 
@@ -67,6 +69,32 @@ class TestDraws:
                 assets = [{a for step in rank for a, _ in step} for rank in shares]
                 assert not set.intersection(*assets)                      # sharded by asset
         assert self.draws(1, plan, 0) != self.draws(1, plan, 1)           # reshuffled every epoch
+
+    def test_loads_are_bounded(self) -> None:
+        """The census and the shards load whole assets about `hold` windows at a time; a shard
+        holds at most two loads."""
+        tr, _ = ddp_data()
+        src = as_source(tr)
+        sizes: list[int] = []
+
+        class Recording:
+            assets = src.assets
+
+            def windows_of(self, assets: Sequence[int]) -> Inputs:
+                got = src.windows_of(assets)
+                sizes.append(len(got.ws))
+                return got
+
+        biggest = max(np.bincount(tr.ws.asset))
+        counts = census(Recording(), dist.SINGLE, 150)
+        assert counts.total == len(tr.ws) and len(sizes) > 3 and max(sizes) <= 150 + biggest
+        sizes.clear()
+        ep = Plan(shards=2, hold=150, batch_size=64, windows_per_epoch=10_000, seed=0).epoch(
+            Recording(), counts, 0, dist.SINGLE, RUL_CAP)
+        for k in range(ep.steps):
+            ep.batch(k)
+            assert all(len(s.loaded) <= 2 for s in ep.shards)
+        assert len(sizes) > 2 and max(sizes) <= 150 + biggest and sum(sizes) == len(tr.ws)
 
     def test_windows_per_epoch_caps_the_draws(self) -> None:
         """With fewer windows per epoch than windows, an epoch draws about that many, none twice."""
