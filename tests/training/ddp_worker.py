@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.training.tiny import run_to_failure
 from training import distributed as dist
 from training.cli import main as cli_main
-from training.data import AssetSeries, Event, History
-from training.labels import Inputs, build_windows, fit_normalisation
+from training.labels import Inputs
 from training.model import Forecaster, ModelConfig
 from training.train import TrainConfig, train
 
@@ -36,19 +36,7 @@ LONELY = replace(CFG, epochs=1, shards=2)
 
 def ddp_data() -> tuple[Inputs, Inputs]:
     """Twelve run-to-failure assets of unequal lives, two drifting channels; 9 train, 3 validation."""
-    rng = np.random.default_rng(1)
-    series, events = [], []
-    for i in range(12):
-        life = 50 + 5 * i
-        t = np.arange(life, dtype=float)
-        grid = np.stack([np.exp(t / life * 2) + rng.normal(0, 0.1, life), rng.normal(0, 1, life)], axis=1)
-        series.append(AssetSeries(f"a{i:02d}", 0, grid))
-        events.append(Event(float(life - 1), f"a{i:02d}", "failure"))
-    ws = build_windows(History(("x", "y"), 1.0, tuple(series), "fp"), events, window=8, horizon=2,
-                       fail_horizon=10, max_gap=0)
-    train_ws, val_ws = ws.subset(ws.asset % 4 != 3), ws.subset(ws.asset % 4 == 3)
-    norm = fit_normalisation(train_ws)
-    return train_ws.inputs(norm), val_ws.inputs(norm)
+    return run_to_failure(12, 50, 5, 1, lambda a: a % 4 != 3)
 
 
 def one_asset(data: Inputs) -> Inputs:
