@@ -6,8 +6,10 @@ validation assets (temperature, surprise, combiner, thresholds), export with the
 check, and write a summary (and a report, if asked) beside the model.
 
 With `stream`, the history is never held whole: it is streamed into a gridded cache
-(`training.stream`), the normalisation fitted asset by asset, and each split's windows come
-from a bounded, seeded choice of its assets (`stream_cells`).
+(`training.stream`), the normalisation fitted asset by asset; training draws from every
+training asset a few at a time (`training.shards`), and what needs windows in memory
+(calibration, metrics, VAE, GAN) takes a bounded, seeded choice of assets (`stream_cells`).
+Under torchrun, every process trains its shards and rank 0 alone writes (`training.distributed`).
 """
 
 from __future__ import annotations
