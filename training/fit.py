@@ -354,6 +354,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     vae, vae_summary = _fit_vae(opts, train_data, val_data) if opts.vae else (None, {})
     train_seconds = time.monotonic() - t0
 
+    cal.return_freed_arrays()  # from here on, large arrays over the validation windows
     val_anomaly = vae_scores(vae, val_data) if vae is not None else None
     spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
     heads = spec.heads
