@@ -89,11 +89,8 @@ class Names:
 
 
 def read_coded(path: Path, fmt: Format, names: Names) -> Iterator[Coded]:
-    """A long or wide history (file or folder), chunk by chunk, as coded readings.
-
-    The channels' default order (`default_channels`) is fixed once `names` has seen the header:
-    long format sorts them by name, wide keeps the header's order.
-    """
+    """A long or wide history (file or folder), chunk by chunk, as readings coded through `names`
+    (then `channel_codes` picks the channels to grid)."""
     if fmt == "long":
         yield from _read_long(path, names)
     elif fmt == "wide":

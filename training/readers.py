@@ -68,7 +68,8 @@ def parts(folder: Path) -> list[Part]:
                    and not any(n.startswith((".", "_")) for n in f.relative_to(folder).parts))
     if not files:
         raise DataError(f"{folder}: no Parquet files (*.parquet) in the folder")
-    # Partition values stay text: `asset=007` is asset "007", not the number 7.
+    # pyarrow.dataset resolves the hive partitions (URI-decoded); values stay text: `asset=007`
+    # is asset "007", not the number 7.
     keys = sorted({d.split("=", 1)[0] for f in files for d in f.relative_to(folder).parts[:-1] if "=" in d})
     dataset = ds.dataset([str(f) for f in files], format="parquet", partition_base_dir=str(folder),
                          partitioning=ds.partitioning(pa.schema([(k, pa.string()) for k in keys]),
@@ -150,8 +151,8 @@ def _part_chunks(part: Part, columns: list[str], exact: bool) -> Iterator[Chunk]
         what = f"missing column(s) {missing}" if missing else f"column(s) {extra} not in the other files"
         raise DataError(f"{part.path}: {what}; every file must have {','.join(columns)}")
     from_keys = [c for c in columns if c not in names]
-    # pyarrow.dataset found the files and partitions; each file is read on its own so a bad one
-    # is named, in batches without read-ahead so memory stays at one batch.
+    # Each file is read on its own, so a bad one is named, in batches without read-ahead, so
+    # memory stays at one batch.
     for chunk in read_chunks(part.path, [c for c in columns if c in names]):
         table = chunk.table
         for c in from_keys:  # a partition key is the same value on every row of the file
