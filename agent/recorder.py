@@ -13,7 +13,8 @@ buffer was opened), columns `ts` (float64 epoch seconds, as the agent held it), 
 `channel` (strings), `value` (float64). `pyarrow.dataset` and `vigil-train fit --history DIR`
 read the folder as one history; names starting with `.` are skipped by both, so a
 temporary file left by a crash is never read (and is removed at the next start).
-At most what is buffered is lost in a crash: the open buffer plus QUEUE_FILES sealed ones.
+A crash loses at most what is buffered: the open buffer, QUEUE_FILES sealed ones and the one
+being written; a clean stop (`close`) writes them.
 """
 
 from __future__ import annotations
