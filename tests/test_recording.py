@@ -10,16 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import check_config
 from agent.runtime import load_model
 from tests.broker import Broker, free_port, wait_until
-from tests.procs import BIN, cli, logged, metric, running_agent, write_agent_config
+from tests.procs import BIN, cli, logged, metric, publish_all, running_agent, write_agent_config
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +68,7 @@ def test_recording_is_exactly_what_was_accepted_and_a_clean_stop_flushes_it(
     ]
     with running_agent(config, port, tmp_path / "agent.log") as agent:
         agent.wait_ready()
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="record-publisher")
-        pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
-        for topic, doc in sends:
-            pub.publish(topic, json.dumps(doc).encode(), qos=1).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
+        publish_all(broker.port, [(t, json.dumps(doc).encode()) for t, doc in sends], "record-publisher")
 
         def counted() -> bool:
             text = agent.scrape()

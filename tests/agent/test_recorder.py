@@ -23,10 +23,15 @@ from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.recorder import Recorder
 from agent.runtime import load_model
+from agent.sparkplug.codec import encode, new_metric
+from agent.sparkplug.sparkplug_b_pb2 import DataType
 from agent.windows import AssetWindow
 from tests.agent.conftest import CHANNELS, ModelFile
 from tests.broker import wait_until
 from tests.perf.test_hotpath import WALL, PerReading, _config, _encode, message
+from tests.sparkplug.helpers import dbirth, ddata, nbirth
+from tests.sparkplug.test_agent import T0_MS, send
+from tests.sparkplug.test_agent import pipeline as sparkplug_pipeline
 
 Row = tuple[float, str, str, float]
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -338,3 +343,22 @@ class TestRecordsWhatWasAccepted:
             plain.ingest(sub, topic, payload, WALL, 1.0)
         assert fast.recorder.close(timeout=10)
         assert rows(out) == plain.taken and len(plain.taken) == accepted
+
+
+class TestSparkplugRecorded:
+    def test_sparkplug_readings_are_recorded_as_accepted(self, tmp_path: Path, model_file: ModelFile) -> None:
+        """Readings from Sparkplug births and data are recorded under the model's channel names at
+        their metric times; a metric the host refuses (unknown alias) is not."""
+        pipe, _, _ = sparkplug_pipeline(tmp_path, model_file.path)
+        rec = pipe.recorder = Recorder(RecordConfig(enabled=True), tmp_path / "rec", pipe.spec.channels,
+                                       pipe.metrics)
+        send(pipe, "NBIRTH", nbirth(), None)
+        assert send(pipe, "DBIRTH", dbirth(1, ts_ms=T0_MS)) == (3, [])
+        assert send(pipe, "DDATA", ddata(2, {1: 5.5, 3: 7.25}, ts_ms=T0_MS + 10_000)) == (2, [])
+        unknown = encode([new_metric(DataType.Double, 1.0, alias=99, ts_ms=T0_MS + 20_000)], T0_MS, 3)
+        assert send(pipe, "DDATA", unknown)[0] == 0
+        assert rec.close(timeout=10)
+        t = T0_MS / 1000
+        assert rows(tmp_path / "rec") == [(t, "pump-1", "temp", 1.0), (t, "pump-1", "vib", 2.0),
+                                          (t, "pump-1", "press", 3.0), (t + 10, "pump-1", "temp", 5.5),
+                                          (t + 10, "pump-1", "press", 7.25)]
