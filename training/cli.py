@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint", type=Path, help="checkpoint file, written every epoch")
     f.add_argument("--resume", action="store_true", default=None, help="continue from --checkpoint")
     f.add_argument("--stop-after", type=_positive_int, help="stop after N epochs (resume later)")
+    f.add_argument("--shards", type=_positive_int,
+                   help="each epoch deals the training assets to this many shards (default 8); under "
+                   "torchrun the number of processes must divide it, and a resumed run keeps it")
+    f.add_argument("--shard-windows", type=_positive_int,
+                   help="windows a shard loads at a time, as whole assets (default 200000): bounds memory")
     f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
     f.add_argument("--stream", action="store_true", default=None,
                    help="never hold the whole history: stream it through a gridded cache on disk and train "
@@ -143,6 +148,7 @@ def fit_options(args: argparse.Namespace) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from training.distributed import session
     from training.fit import fit
 
     opts = fit_options(args)
@@ -150,7 +156,11 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError("--resume needs --checkpoint")
     if args.onnx:
         _require_onnx()  # before training, not after
-    spec, summary = fit(opts)
+    # Under torchrun this process joins the run (DDP); on its own it trains alone.
+    with session() as ctx:
+        spec, summary = fit(opts, ctx)
+    if not ctx.is_writer:
+        return 0
     extra: dict[str, Any] = {}
     if args.onnx:
         from training.export import export_onnx_beside

@@ -6,13 +6,16 @@ validation assets (temperature, surprise, combiner, thresholds), export with the
 check, and write a summary (and a report, if asked) beside the model.
 
 With `stream`, the history is never held whole: it is streamed into a gridded cache
-(`training.stream`), the normalisation fitted asset by asset, and each split's windows come
-from a bounded, seeded choice of its assets (`stream_cells`).
+(`training.stream`), the normalisation fitted asset by asset; training draws from every
+training asset a few at a time (`training.shards`), and what needs windows in memory
+(calibration, metrics, VAE, GAN) takes a bounded, seeded choice of assets (`stream_cells`).
+Under torchrun, every process trains its shards and rank 0 alone writes (`training.distributed`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +32,7 @@ import torch
 from agent.runtime import load_model
 from agent.spec import Combiner, ModelSpec, Normalisation, SurpriseStats
 from training import calibrate as cal
+from training import distributed as dist
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
@@ -47,6 +51,7 @@ from training.regimes import Scaling
 from training.source import MemorySource, WindowSource
 from training.stream import (
     DEFAULT_BUDGET,
+    GridCache,
     StreamSource,
     Windowing,
     build_cache,
@@ -126,6 +131,10 @@ class FitOptions:
     stream_budget: int = DEFAULT_BUDGET   # readings held in memory while streaming
     stream_cells: int = 1_000_000         # streaming: grid cells of whole assets each split takes into memory
     work_dir: Path | None = None          # streaming: the cache's folder (default: a temporary one)
+    # Shards of training assets per epoch and windows a shard loads at a time (training/shards.py);
+    # the number of processes under torchrun must divide `shards`.
+    shards: int = 8
+    shard_windows: int = 200_000
 
 
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
@@ -231,20 +240,29 @@ def in_memory(opts: FitOptions) -> TrainingData:
                         p.val, p.test, {})
 
 
-def streamed(opts: FitOptions, work: Path) -> TrainingData:
+def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> TrainingData:
     """The history streamed into a cache in `work`; the normalisation fitted asset by asset on the
-    training split; each split's windows from a seeded choice of its assets, `stream_cells` at most."""
+    training split; each split's windows from a seeded choice of its assets, `stream_cells` at most.
+
+    Under torchrun, one process per machine (local rank 0) builds the cache that its machine's
+    processes share, and rank 0 fits the statistics that every process gets.
+    """
     if opts.fmt == "cmapss":
         raise ValueError("--stream reads long or wide histories; C-MAPSS files load in memory")
-    cache = build_cache(opts.history, work, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels,
-                        budget=opts.stream_budget)
+    if ctx.local_rank == 0:
+        cache = build_cache(opts.history, work, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels,
+                            budget=opts.stream_budget)
+    dist.barrier(ctx)
+    if ctx.local_rank != 0:
+        cache = GridCache.open(work)
     events = load_events(opts.events) if opts.events else []
     failing = {e.asset for e in events if e.event == "failure"}
     split = split_for(opts, cache.names, failing)
     windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon, opts.max_gap, opts.pad_start)
-    stats = fit_statistics(cache, sorted(split.train), events, windowing,
-                           regime_channels=_regime_index(opts, cache.channels), n_regimes=opts.n_regimes,
-                           scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap)
+    stats = dist.broadcast(ctx, fit_statistics(
+        cache, sorted(split.train), events, windowing, regime_channels=_regime_index(opts, cache.channels),
+        n_regimes=opts.n_regimes, scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap)
+        if ctx.is_writer else None)
     by_asset = events_by_asset(events)
     train, val, test = (StreamSource(cache, tuple(sorted(part)), by_asset, windowing, stats.norm)
                         for part in (split.train, split.val, split.test))
@@ -262,23 +280,35 @@ def streamed(opts: FitOptions, work: Path) -> TrainingData:
 
 
 @contextmanager
-def _work_dir(opts: FitOptions) -> Iterator[Path]:
+def _work_dir(opts: FitOptions, ctx: dist.Dist) -> Iterator[Path]:
     if opts.work_dir is not None:
         yield opts.work_dir
         return
-    with tempfile.TemporaryDirectory(prefix="vigil-stream-") as tmp:
-        yield Path(tmp)
+    # A temporary folder named by rank 0 and made on every machine: a machine's processes share it.
+    tmp = Path(dist.broadcast(ctx, tempfile.mkdtemp(prefix="vigil-stream-") if ctx.is_writer else None))
+    if ctx.local_rank == 0:
+        tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    finally:
+        if ctx.local_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
-    """Train, calibrate and export a model; return its spec and the summary written beside it."""
+def fit(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> tuple[ModelSpec, dict[str, Any]]:
+    """Train, calibrate and export a model; return its spec and the summary written beside it.
+
+    Under torchrun (`ctx` from `training.distributed.session`) every process trains its share;
+    rank 0 alone calibrates, exports and writes, and every process returns its result.
+    """
     if not opts.stream:
-        return _fit(opts, in_memory)
-    with _work_dir(opts) as work:
-        return _fit(opts, lambda o: streamed(o, work))
+        return _fit(opts, in_memory, ctx)
+    with _work_dir(opts, ctx) as work:
+        return _fit(opts, lambda o: streamed(o, work, ctx), ctx)
 
 
-def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[ModelSpec, dict[str, Any]]:
+def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist.Dist
+         ) -> tuple[ModelSpec, dict[str, Any]]:
     t0 = time.monotonic()
     torch.set_num_threads(opts.threads)
     seed_everything(opts.seed)
@@ -290,7 +320,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[
     augment: dict[str, Any] = {}
     if opts.augment == "gan":
         # Only the training split goes in: validation and test assets never reach the generator.
-        train_data, augment = _gan_augment(opts, train_data)
+        train_data, augment = _gan_augment(opts, train_data, ctx)
     has_fail = bool(p.positives > 0 and p.val.fail.sum() > 0)
     has_rul = p.rul_labels
     has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
@@ -303,10 +333,14 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
         forecast_weight=opts.forecast_weight, fail_weight=opts.fail_weight, rul_weight=opts.rul_weight,
         huber_delta=opts.huber_delta, input_noise=opts.input_noise, ema=opts.ema, seed=opts.seed,
-        progress=opts.progress, stop_after=opts.stop_after)
+        progress=opts.progress, stop_after=opts.stop_after, shards=opts.shards,
+        shard_windows=opts.shard_windows)
     contract = {"channels": list(history.channels), "period_s": history.period_s, "window": opts.window,
                 "horizon": opts.horizon, "fail_horizon": opts.fail_horizon, "rul_cap": opts.rul_cap,
                 "normalisation": asdict(norm), "fingerprint": history.fingerprint}
+    # Training draws from every training asset through the source (streamed: a shard's few
+    # assets at a time); GAN windows exist only in memory, beside the windows they were made from.
+    windows: Inputs | WindowSource = train_data if augment else p.source
     members: list[Forecaster] = []
     results: list[TrainResult] = []
     for k in range(opts.members):
@@ -317,8 +351,8 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[
         ck = opts.checkpoint
         if ck is not None and opts.members > 1:
             ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
-        result = train(member, train_data, val_data, replace(tcfg, seed=seed), mcfg.rul_cap,
-                       checkpoint=ck, resume=opts.resume, contract=contract)
+        result = train(member, windows, val_data, replace(tcfg, seed=seed), mcfg.rul_cap,
+                       checkpoint=ck, resume=opts.resume, contract=contract, ctx=ctx)
         if not result.finished:
             raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
                              f"resume with --resume --checkpoint {opts.checkpoint}")
@@ -326,6 +360,10 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[
         results.append(result)
     model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
     result = results[0]
+    if not ctx.is_writer:
+        # Rank 0 calibrates, exports and writes the files; the others wait for what it returns.
+        shared: tuple[ModelSpec, dict[str, Any]] = dist.broadcast(ctx, None)
+        return shared
     vae, vae_summary = _fit_vae(opts, train_data, val_data) if opts.vae else (None, {})
     train_seconds = time.monotonic() - t0
 
@@ -368,6 +406,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[
 
         render(Evaluation(spec, history, p.events, p.val, val_scored, val_metrics), opts.report,
                title="Vigil model: validation assets")
+    dist.broadcast(ctx, (spec, summary))
     return spec, summary
 
 
@@ -414,8 +453,14 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
     return spec, pred
 
 
-def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str, Any]]:
-    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives."""
+def _gan_augment(opts: FitOptions, train_data: Inputs, ctx: dist.Dist) -> tuple[Inputs, dict[str, Any]]:
+    """Train the WGAN-GP on the training split's pre-failure windows and add its windows as positives.
+
+    Rank 0 trains it; every process trains on the windows it made.
+    """
+    if not ctx.is_writer:
+        synthetic, info = dist.broadcast(ctx, None)
+        return with_synthetic(train_data, synthetic), info
     real, sources = pre_failure(train_data)
     if len(real) < 2:
         raise ValueError("--augment gan needs failures in the training assets (pre-failure windows)")
@@ -423,12 +468,14 @@ def _gan_augment(opts: FitOptions, train_data: Inputs) -> tuple[Inputs, dict[str
     gan = train_gan(real, GanConfig(steps=opts.gan_steps, seed=opts.seed))
     synthetic = gan.sample(round(opts.gan_factor * len(real)), seed=opts.seed + 1)
     div = diversity(synthetic, real, opts.seed)
-    return with_synthetic(train_data, synthetic), {
+    info = {
         "method": "wgan-gp", "real_windows": len(real), "windows": len(synthetic),
         "source_assets": list(sources), "steps": opts.gan_steps, "seconds": round(time.monotonic() - t0, 1),
         "real_spread": round(div.real_spread, 4), "generated_spread": round(div.generated_spread, 4),
         "spread_ratio": round(div.spread_ratio, 4), "nn_ratio": round(div.nn_ratio, 4),
         "collapsed": div.collapsed, "final_critic_loss": round(gan.critic_loss[-1], 4)}
+    dist.broadcast(ctx, (synthetic, info))
+    return with_synthetic(train_data, synthetic), info
 
 
 def _healthy_margin(opts: FitOptions) -> float:

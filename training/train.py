@@ -3,6 +3,7 @@
 Adam with a warm-up and cosine learning-rate schedule, early stopping on validation
 (RUL RMSE when the model has an RUL head, else the validation loss), a checkpoint after
 every epoch, and per-epoch seeds, so a resumed run continues exactly where it stopped.
+The same loop runs on one process or on several under torchrun (DDP, `training.distributed`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint as ckpt
+from training import distributed as dist
 from training.labels import Inputs
 from training.model import Forecaster
+from training.shards import Census, Plan, Rows, as_source, census, validation_rows
+from training.source import WindowSource
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ class TrainConfig:
     progress: bool = True
     # Stop after this many epochs in this run, checkpoint kept, to resume later (0: run to the end).
     stop_after: int = 0
+    # Each epoch deals the training assets to this many shards (training/shards.py): a multiple
+    # of every number of processes that this run, and any resume of it, will use.
+    shards: int = 8
+    # Windows a shard loads at a time (whole assets; it holds up to twice as many): bounds memory.
+    shard_windows: int = 200_000
 
 
 @dataclass
@@ -69,56 +81,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-@dataclass(frozen=True)
-class Targets:
-    """Per-window training targets besides the forecast (NaN RUL: unknown, left out)."""
-
-    fail: np.ndarray
-    rul: np.ndarray       # RUL / cap, NaN where unknown
-    pos_weight: float
-
-
-def make_targets(data: Inputs, rul_cap: float) -> Targets:
-    ws = data.ws
-    pos = float(ws.fail.sum())
-    neg = float(len(ws) - pos)
-    # Failures are rare; weigh positives up, but not so far that noise dominates.
-    pos_weight = min(neg / pos, 50.0) if pos > 0 else 1.0
-    return Targets(ws.fail, ws.rul_target(rul_cap) / np.float32(rul_cap), pos_weight)
-
-
-def batch_loss(model: Forecaster, data: Inputs, tg: Targets, idx: np.ndarray, cfg: TrainConfig,
-               noise: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """The weighted loss of one batch and its parts (forecast NLL, failure BCE, RUL Huber, RUL MSE)."""
-    x = torch.from_numpy(data.x(idx))
-    if noise > 0:
-        x = x + noise * torch.randn_like(x)
-    mean, logvar, logit, rul = model.heads(x)
-    parts: dict[str, Tensor] = {}
-    loss = torch.zeros(())
-    if model.has_forecast:
-        y = torch.from_numpy(data.y(idx))
-        mask = torch.from_numpy(data.ws.has_target[idx].astype(np.float32))
-        parts["nll"] = (gaussian_nll(mean, logvar, y) * mask).sum() / mask.sum().clamp(min=1.0)
-        loss = loss + cfg.forecast_weight * parts["nll"]
-    if model.has_fail:
-        target = torch.from_numpy(tg.fail[idx])
-        parts["bce"] = nn.functional.binary_cross_entropy_with_logits(
-            logit, target, pos_weight=torch.tensor(tg.pos_weight))
-        loss = loss + cfg.fail_weight * parts["bce"]
-    if model.has_rul:
-        r = torch.from_numpy(tg.rul[idx])
-        known = torch.isfinite(r)
-        err = rul[known] - r[known]
-        n = known.sum().clamp(min=1)
-        # Huber, divided by delta so large errors cost like absolute error in units of the cap.
-        huber = nn.functional.huber_loss(err, torch.zeros_like(err), reduction="sum", delta=cfg.huber_delta)
-        parts["rul"] = huber / cfg.huber_delta / n
-        parts["rul_mse"] = (err**2).sum() / n
-        loss = loss + cfg.rul_weight * parts["rul"]
-    return loss, parts
-
-
 def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     total = max(cfg.epochs * steps_per_epoch, 1)
     warm = max(int(cfg.warmup_frac * total), 1)
@@ -131,58 +93,160 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     return factor
 
 
-def train(model: Forecaster, train_data: Inputs, val_data: Inputs, cfg: TrainConfig, rul_cap: float,
-          *, checkpoint: Path | None = None, resume: bool = False,
-          contract: dict[str, Any] | None = None) -> TrainResult:
+Heads = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def loss_sums(heads: Heads, model: Forecaster, rows: Rows, cfg: TrainConfig, pos_weight: float,
+              device: torch.device) -> Tensor:
+    """Sums over `rows` of the loss parts: forecast NLL (rows with targets), failure BCE, RUL Huber
+    (divided by delta) and squared RUL error (rows with a known RUL). `heads` computes
+    `model.heads` (directly, or through DDP's wrapper)."""
+    if len(rows) == 0:
+        # A process may draw nothing in a step while others do; under DDP it must still run
+        # forward and backward, so it contributes zero through the same graph.
+        out = heads(torch.zeros(1, 1, model.n_channels, device=device))
+        return torch.stack([o.sum() for o in out]).sum().mul(0.0).expand(4)
+    x = torch.from_numpy(rows.x).to(device)
+    mean, logvar, logit, rul = heads(x)
+    zero = x.new_zeros(())
+    nll = bce = huber = sq = zero
+    if model.has_forecast:
+        y = torch.from_numpy(rows.y).to(device)
+        mask = torch.from_numpy(rows.has_target.astype(np.float32)).to(device)
+        nll = (gaussian_nll(mean, logvar, y) * mask).sum()
+    if model.has_fail:
+        target = torch.from_numpy(rows.fail).to(device)
+        bce = nn.functional.binary_cross_entropy_with_logits(
+            logit, target, pos_weight=torch.tensor(pos_weight, device=device), reduction="sum")
+    if model.has_rul:
+        r = torch.from_numpy(rows.rul).to(device)
+        known = torch.isfinite(r)
+        err = rul[known] - r[known]
+        # Huber, divided by delta so large errors cost like absolute error in units of the cap.
+        huber = nn.functional.huber_loss(err, torch.zeros_like(err), reduction="sum",
+                                         delta=cfg.huber_delta) / cfg.huber_delta
+        sq = (err**2).sum()
+    return torch.stack([nll, bce, huber, sq])
+
+
+def combine(sums: Tensor, counts: npt.NDArray[np.float64], model: Forecaster, cfg: TrainConfig
+            ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The weighted loss and its parts (means) from part sums and the batch's (global) counts."""
+    rows, target, known = (max(float(c), 1.0) for c in counts)
+    parts: dict[str, Tensor] = {}
+    loss = sums.new_zeros(())
+    if model.has_forecast:
+        parts["nll"] = sums[0] / target
+        loss = loss + cfg.forecast_weight * parts["nll"]
+    if model.has_fail:
+        parts["bce"] = sums[1] / rows
+        loss = loss + cfg.fail_weight * parts["bce"]
+    if model.has_rul:
+        parts["rul"], parts["rul_mse"] = sums[2] / known, sums[3] / known
+        loss = loss + cfg.rul_weight * parts["rul"]
+    return loss, parts
+
+
+def pos_weight_of(counts: Census) -> float:
+    """Failures are rare; weigh positives up, but not so far that noise dominates."""
+    pos = float(counts.fails.sum())
+    neg = float(counts.total) - pos
+    return min(neg / pos, 50.0) if pos > 0 else 1.0
+
+
+class _Heads(nn.Module):
+    """The model's raw heads as `forward`, so DDP (which hooks forward) can wrap them."""
+
+    def __init__(self, model: Forecaster) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.model.heads(x)
+
+
+BatchHook = Callable[[int, int, npt.NDArray[np.int64]], None]
+
+
+def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs | WindowSource,
+          cfg: TrainConfig, rul_cap: float, *, checkpoint: Path | None = None, resume: bool = False,
+          contract: dict[str, Any] | None = None, ctx: dist.Dist = dist.SINGLE,
+          on_batch: BatchHook | None = None) -> TrainResult:
     """Train with Adam and a warm-up + cosine schedule; keep the weights with the best validation score.
 
-    With `checkpoint`, the whole state is saved after every epoch; with `resume`, training
-    continues from it (same data, same config) as if it had never stopped.
+    Windows come by asset from the sources (or from windows in memory), drawn through
+    `training.shards`: on several processes (`ctx`), each draws its share of every global
+    batch and DDP averages the gradients, which trains the same weights as one process.
+    With `checkpoint`, the whole state is saved (by rank 0) after every epoch; with `resume`,
+    training continues from it (same data, same config) as if it had never stopped.
+    `on_batch(epoch, step, ids)` sees the (asset, end cell) of this process's windows of each step.
     """
     seed_everything(cfg.seed)
-    tg_train, tg_val = make_targets(train_data, rul_cap), make_targets(val_data, rul_cap)
-    n = min(len(train_data.ws), cfg.windows_per_epoch)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    plan = Plan(cfg.shards, cfg.shard_windows, cfg.batch_size, cfg.windows_per_epoch, cfg.seed,
+                cfg.input_noise)
+    plan.check(ctx.world)
+    train_src, val_src = as_source(train_data), as_source(val_data)
+    train_counts = census(train_src, ctx, cfg.shard_windows)
+    val_counts = census(val_src, ctx, cfg.shard_windows)
+    if train_counts.total == 0:
+        raise ValueError("no training windows")
+    pw_train, pw_val = pos_weight_of(train_counts), pos_weight_of(val_counts)
+    steps_per_epoch = plan.sizes(train_counts.total)[1]
+    model.to(ctx.device)
+    heads = dist.wrap(ctx, _Heads(model))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
-    val_idx = np.sort(np.random.default_rng(cfg.seed).choice(
-        len(val_data.ws), min(len(val_data.ws), cfg.val_windows), replace=False))
     kept = ema if ema is not None else model
     state = ckpt.LoopState(best_state=copy.deepcopy(kept.state_dict()))
-    if resume and checkpoint is not None and checkpoint.exists():
+    if resume and checkpoint is not None and _visible(checkpoint, ctx):
         state = ckpt.load(checkpoint, model, opt, sched, ema, asdict(cfg))
     result = TrainResult(model, state.best_score, state.epoch, state.best_epoch, True, state.curve)
+    show = cfg.progress and ctx.is_writer
     for ran, epoch in enumerate(range(state.epoch, cfg.epochs)):
         if state.stale >= cfg.patience:
             break
         if cfg.stop_after and ran >= cfg.stop_after:
             result.finished = False
             break
-        # Seeds per epoch: the order and the noise of epoch k do not depend on how we got there.
+        # Seeds per epoch: the draws and the noise of epoch k do not depend on how we got there.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).choice(len(train_data.ws), n, replace=False)
+        ep = plan.epoch(train_src, train_counts, epoch, ctx, rul_cap)
         model.train()
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, file=sys.stderr, leave=False, unit="batch")
-        total = 0.0
-        for start in bar:
-            idx = order[start : start + cfg.batch_size]
-            loss, _ = batch_loss(model, train_data, tg_train, idx, cfg, cfg.input_noise)
+        bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+                   file=sys.stderr, leave=False, unit="batch")
+        total, seen, started = 0.0, 0.0, time.monotonic()
+        for step in bar:
+            rows = ep.batch(step)
+            if on_batch is not None:
+                on_batch(epoch, step, rows.ids)
+            counts = dist.all_reduce_sum(ctx, rows.counts())
+            if counts[0] == 0:  # no process drew a window (only with degenerate data)
+                continue
+            loss, _ = combine(loss_sums(heads, model, rows, cfg, pw_train, ctx.device), counts, model, cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # Each process's loss is its rows' share of the global mean; DDP averages gradients
+            # over processes, so scaling by their number gives the gradient of the global mean.
+            scaled: Tensor = loss * ctx.world
+            scaled.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             if ema is not None:
                 _ema_update(ema, model, cfg.ema)
-            total += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        val = evaluate_loss(kept, val_data, tg_val, val_idx, cfg, rul_cap)
-        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / n,
-                                 "lr": float(sched.get_last_lr()[0]), **val}
+            total += loss.item() * float(counts[0])
+            seen += float(counts[0])
+            if not ctx.active:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        loop_s = time.monotonic() - started
+        total = float(dist.all_reduce_sum(ctx, [total])[0])
+        val = validate(kept, val_src, val_counts, cfg, ctx, pw_val, rul_cap)
+        # Windows trained on (all processes) and the seconds it took: the throughput benchmarks read.
+        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(seen, 1.0),
+                                 "lr": float(sched.get_last_lr()[0]), "windows": seen,
+                                 "train_s": round(loop_s, 3), **val}
         state.curve.append(row)
-        if cfg.progress:
+        if show:
             tqdm.write(f"epoch {epoch + 1}: train {row['train_loss']:.4f} "
                        + " ".join(f"{k} {v:.4f}" for k, v in val.items()), file=sys.stderr)
         score = val.get("val_rul_rmse", val["val_loss"]) if model.has_rul else val["val_loss"]
@@ -193,12 +257,23 @@ def train(model: Forecaster, train_data: Inputs, val_data: Inputs, cfg: TrainCon
             state.stale += 1
         state.epoch = epoch + 1
         if checkpoint is not None:
-            ckpt.save(checkpoint, model, opt, sched, ema, state, asdict(cfg), contract or {})
+            if ctx.is_writer:
+                ckpt.save(checkpoint, model, opt, sched, ema, state, asdict(cfg), contract or {})
+            dist.barrier(ctx)
     model.load_state_dict(state.best_state)
-    model.eval()
+    model.to("cpu").eval()
     result.best_score, result.epochs_run, result.best_epoch = state.best_score, state.epoch, state.best_epoch
     result.curve = state.curve
     return result
+
+
+def _visible(path: Path, ctx: dist.Dist) -> bool:
+    """Whether the checkpoint exists, for every process alike (each one loads it)."""
+    seen = int(dist.all_reduce_sum(ctx, [float(path.exists())])[0])
+    if 0 < seen < ctx.world:
+        raise ValueError(f"checkpoint {path} is visible to {seen} of {ctx.world} processes; "
+                         "put it on storage that every machine of the run sees")
+    return seen > 0
 
 
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -207,27 +282,24 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.mul_(decay).add_(p, alpha=1.0 - decay)
 
 
-def evaluate_loss(model: Forecaster, data: Inputs, tg: Targets, idx: np.ndarray, cfg: TrainConfig,
-                  rul_cap: float) -> dict[str, float]:
-    """Validation loss (and RUL RMSE in cells) in eval mode, without gradients."""
+def validate(model: Forecaster, source: WindowSource, counts: Census, cfg: TrainConfig, ctx: dist.Dist,
+             pos_weight: float, rul_cap: float) -> dict[str, float]:
+    """Validation loss and its parts (RUL RMSE in cells) in eval mode, without gradients.
+
+    Each process scores its share of the validation assets; the sums are added up over
+    processes, so every one of them gets the same figures (and takes the same decisions).
+    """
     model.eval()
-    sums: dict[str, float] = {}
-    known = 0
+    sums, n = np.zeros(4), np.zeros(3)
     with torch.no_grad():
-        for start in range(0, len(idx), 1024):
-            b = idx[start : start + 1024]
-            loss, parts = batch_loss(model, data, tg, b, cfg)
-            sums["val_loss"] = sums.get("val_loss", 0.0) + float(loss) * len(b)
-            for k, v in parts.items():
-                if k in ("rul", "rul_mse"):  # averaged over windows with a known RUL
-                    n_known = int(np.isfinite(tg.rul[b]).sum())
-                    sums[k] = sums.get(k, 0.0) + float(v) * n_known
-                else:
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(b)
-            known += int(np.isfinite(tg.rul[b]).sum())
-    out = {("val_" + k if not k.startswith("val_") else k): v / max(len(idx), 1) for k, v in sums.items()
-           if k not in ("rul", "rul_mse")}
-    if "rul_mse" in sums:
-        out["val_rul"] = sums["rul"] / max(known, 1)
-        out["val_rul_rmse"] = math.sqrt(sums["rul_mse"] / max(known, 1)) * rul_cap
+        for rows in validation_rows(source, counts, ctx, cfg.shard_windows, cfg.val_windows, rul_cap):
+            sums += loss_sums(model.heads, model, rows, cfg, pos_weight, ctx.device).double().cpu().numpy()
+            n += rows.counts()
+    both = dist.all_reduce_sum(ctx, np.concatenate([sums, n]))
+    loss, parts = combine(torch.from_numpy(both[:4]), both[4:], model, cfg)
+    out = {"val_loss": float(loss)}
+    out.update({f"val_{k}": float(parts[k]) for k in ("nll", "bce") if k in parts})
+    if model.has_rul:
+        out["val_rul"] = float(parts["rul"])
+        out["val_rul_rmse"] = math.sqrt(float(parts["rul_mse"])) * rul_cap
     return out

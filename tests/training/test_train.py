@@ -10,28 +10,16 @@ import pytest
 import torch
 
 from agent.errors import ModelError
+from tests.training.tiny import run_to_failure
 from training import checkpoint as ckpt
-from training.data import AssetSeries, Event, History
-from training.labels import Inputs, build_windows, fit_normalisation
+from training.labels import Inputs
 from training.model import Ensemble, Forecaster, ModelConfig, ewma
 from training.train import TrainConfig, train
 
 
 def tiny_data() -> tuple[Inputs, Inputs]:
     """Six run-to-failure assets whose two channels drift towards failure; 4 train, 2 validation."""
-    rng = np.random.default_rng(0)
-    series, events = [], []
-    for i in range(6):
-        life = 60 + 10 * i
-        t = np.arange(life, dtype=float)
-        grid = np.stack([np.exp(t / life * 2) + rng.normal(0, 0.1, life), rng.normal(0, 1, life)], axis=1)
-        series.append(AssetSeries(f"a{i}", 0, grid))
-        events.append(Event(float(life - 1), f"a{i}", "failure"))
-    hist = History(("x", "y"), 1.0, tuple(series), "fp")
-    ws = build_windows(hist, events, window=8, horizon=2, fail_horizon=10, max_gap=0)
-    train_ws, val_ws = ws.subset(ws.asset < 4), ws.subset(ws.asset >= 4)
-    norm = fit_normalisation(train_ws)
-    return train_ws.inputs(norm), val_ws.inputs(norm)
+    return run_to_failure(6, 60, 10, 0, lambda a: a < 4)
 
 
 def new_model() -> Forecaster:
