@@ -46,16 +46,22 @@ class Predictions:
 def predict(model: Model, data: Inputs, batch: int = 2048) -> Predictions:
     """Run the eager model over every window (eval mode, no gradients)."""
     model.eval()
-    parts: list[tuple[np.ndarray, ...]] = []
-    h = data.ws.horizon
+    n, h = len(data.ws), data.ws.horizon
+    # Filled in place batch by batch: a list of batches to join would cost twice the outputs,
+    # and its freed pieces tend to stay with the allocator (GBs on a million windows).
+    out: list[np.ndarray] = []
     with torch.no_grad():
-        for start in range(0, len(data.ws), batch):
-            idx = np.arange(start, min(start + batch, len(data.ws)))
-            x = data.x(idx)
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            x = data.x(np.arange(start, stop))
             mean, logvar, logit, rul = model.heads(torch.from_numpy(x))
             rul_cells = torch.clamp(rul, min=0.0) * model.rul_cap
-            parts.append((mean.numpy(), logvar.numpy(), logit.numpy(), x[:, -h:, :], rul_cells.numpy()))
-    return join(parts, h, data.ws.cells.shape[1])
+            got = (mean.numpy(), logvar.numpy(), logit.numpy(), x[:, -h:, :], rul_cells.numpy())
+            if not out:
+                out = [np.empty((n, *g.shape[1:]), dtype=g.dtype) for g in got]
+            for o, g in zip(out, got, strict=True):
+                o[start:stop] = g
+    return Predictions(*out) if out else join([], h, data.ws.cells.shape[1])
 
 
 def join(parts: list[tuple[np.ndarray, ...]], h: int, c: int) -> Predictions:
