@@ -519,14 +519,21 @@ class Agent:
             # A transition is checkpointed the moment it is in the outbox (outbox first: a crash
             # between the two re-sends, never loses), so a restart cannot raise it a second time.
             self._save_now({a.asset for a in result.alerts})
+        if not result.risks:
+            return
+        # The batch's risk messages go to paho in one hand-over (Link.publish_many), after its
+        # alerts, as before; each asset's in the order they were scored.
+        out = self.cfg.outputs
+        self.link.publish_many([(f"{prefix}/risk/{r.asset}", encode(r.doc)) for r in result.risks],
+                               qos=out.risk_qos, retain=out.risk_retain)
         now = time.monotonic()
+        risk_gauge, level_gauge = self.metrics.asset_risk, self.metrics.asset_level
+        observe = self.metrics.reading_to_risk.observe
         for r in result.risks:
-            self.link.publish(f"{prefix}/risk/{r.asset}", encode(r.doc),
-                              qos=self.cfg.outputs.risk_qos, retain=self.cfg.outputs.risk_retain)
-            self.metrics.asset_risk.labels(r.asset).set(r.doc["risk"])
-            self.metrics.asset_level.labels(r.asset).set(LEVELS[r.doc["level"]])
+            risk_gauge.labels(r.asset).set(r.doc["risk"])
+            level_gauge.labels(r.asset).set(LEVELS[r.doc["level"]])
             if not r.doc["stale"]:
-                self.metrics.reading_to_risk.observe(max(now - r.arrival, 0.0))
+                observe(max(now - r.arrival, 0.0))
 
     # -- model hot-swap ------------------------------------------------------------------------
 
