@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from agent import systemd
-from agent.alerts import AlertSender, Outbox, encode
+from agent.alerts import AlertSender, Outbox, encode, encode_fast
 from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ModelError
@@ -524,7 +524,7 @@ class Agent:
         # The batch's risk messages go to paho in one hand-over (Link.publish_many), after its
         # alerts, as before; each asset's in the order they were scored.
         out = self.cfg.outputs
-        self.link.publish_many([(f"{prefix}/risk/{r.asset}", encode(r.doc)) for r in result.risks],
+        self.link.publish_many([(f"{prefix}/risk/{r.asset}", encode_fast(r.doc)) for r in result.risks],
                                qos=out.risk_qos, retain=out.risk_retain)
         now = time.monotonic()
         risk_gauge, level_gauge = self.metrics.asset_risk, self.metrics.asset_level

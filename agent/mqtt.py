@@ -222,13 +222,13 @@ class Link:
             for topic, payload in messages:
                 self.client.publish(topic, payload, qos=qos, retain=retain)
             return len(messages)
-        if self.client._sock is None:  # noqa: SLF001 - what `client.publish` checks for QoS 0
+        if self.client._sock is None:  # what `client.publish` checks for QoS 0
             return 0
-        buf = bytearray()
+        parts: list[bytes] = []
         for topic, payload in messages:
-            buf += publish_packet(topic, payload, retain=retain, v5=self.v5)
+            _packet_parts(parts, topic, payload, retain, self.v5)
         # mid 0 is never one of paho's (1-65535): the single on_publish it brings is ignored.
-        queue(PUBLISH, buf, BATCH_MID, 0, mqtt.MQTTMessageInfo(BATCH_MID))
+        queue(PUBLISH, b"".join(parts), BATCH_MID, 0, mqtt.MQTTMessageInfo(BATCH_MID))
         return len(messages)
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -243,17 +243,30 @@ class Link:
 
 def publish_packet(topic: str, payload: bytes, *, retain: bool = False, v5: bool = True) -> bytes:
     """One MQTT PUBLISH packet at QoS 0 (MQTT 3.1.1 or 5, no properties), as paho writes it."""
+    parts: list[bytes] = []
+    _packet_parts(parts, topic, payload, retain, v5)
+    return b"".join(parts)
+
+
+def _packet_parts(parts: list[bytes], topic: str, payload: bytes, retain: bool, v5: bool) -> None:
+    """Append the pieces of a QoS 0 PUBLISH packet to `parts` (joined once for a whole batch)."""
     name = topic.encode()
     if not name or b"+" in name or b"#" in name or len(name) > 65535:
         raise ValueError(f"cannot publish to topic {topic[:200]!r}")
     size = 2 + len(name) + v5 + len(payload)  # topic, property length (MQTT 5), payload
-    head = bytearray((PUBLISH | retain,))
-    while True:  # the remaining length, 7 bits a byte
-        byte, size = size & 0x7F, size >> 7
-        head.append(byte | 0x80 if size else byte)
-        if not size:
-            break
-    return b"".join((head, len(name).to_bytes(2, "big"), name, b"\x00" if v5 else b"", payload))
+    first = PUBLISH | retain
+    # The remaining length, 7 bits a byte, least significant first (a risk message: two bytes).
+    if size < 128:
+        parts.append(bytes((first, size)))
+    elif size < 16_384:
+        parts.append(bytes((first, size & 0x7F | 0x80, size >> 7)))
+    else:
+        head = bytearray((first,))
+        while size:
+            byte, size = size & 0x7F, size >> 7
+            head.append(byte | 0x80 if size else byte)
+        parts.append(bytes(head))
+    parts += (len(name).to_bytes(2, "big"), name, b"\x00" if v5 else b"", payload)
 
 
 def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:

@@ -167,12 +167,12 @@ class EmpiricalCdf:
 
 def surprise_probability(score: float, stats: SurpriseStats) -> float:
     """Where `score` falls in the healthy distribution (empirical CDF), in [0, 1]."""
-    return float(EmpiricalCdf(stats.quantiles)(np.float64(score)))
+    return float(EmpiricalCdf(stats.quantiles)(np.asarray(score, dtype=np.float64)))
 
 
 def anomaly_probability(score: float, stats: AnomalyStats) -> float:
     """Where a VAE anomaly score falls among healthy validation windows (empirical CDF), in [0, 1]."""
-    return float(EmpiricalCdf(stats.quantiles)(np.float64(score)))
+    return float(EmpiricalCdf(stats.quantiles)(np.asarray(score, dtype=np.float64)))
 
 
 def _logit(p: float) -> float:

@@ -21,9 +21,9 @@ from tests.broker import Broker, wait_until
 
 
 def _link(broker: Broker, tmp: Path, client_id: str, protocol: str = "5") -> Link:
+    sub = SubscriptionConfig(filter="none/+/+", template="none/{asset}/{channel}")
     cfg = AgentConfig(broker=BrokerConfig(url=broker.url, client_id=client_id, protocol=protocol),  # type: ignore[arg-type]
-                      model=ModelSection(path=tmp / "unused.pt"),
-                      subscriptions=[SubscriptionConfig(filter="none/+/+", template="none/{asset}/{channel}")],
+                      model=ModelSection(path=tmp / "unused.pt"), subscriptions=[sub],
                       state=StateConfig(dir=tmp / "state"))
     acks: list[tuple[int, bool]] = []
     return Link(cfg, on_message=lambda *a: True, on_ack=lambda mid, ok: acks.append((mid, ok)),
@@ -79,13 +79,13 @@ class TestPublishMany:
         prefix = f"mb{link.cfg.broker.protocol.replace('.', '')}"
         sub = Subscriber(broker, prefix)
         calls: list[int] = []
-        queue = link.client._packet_queue  # noqa: SLF001
+        queue = link.client._packet_queue
 
         def counting(*args: Any) -> Any:
             calls.append(len(args[1]))
             return queue(*args)
 
-        link.client._packet_queue = counting  # type: ignore[method-assign]  # noqa: SLF001
+        link.client._packet_queue = counting  # type: ignore[method-assign]
         try:
             first, second = _batch(prefix, 7, 40), _batch(prefix, 3, 5)
             assert link.publish_many(first, qos=0, retain=False) == len(first)
@@ -112,7 +112,7 @@ class TestPublishMany:
     def test_qos1_goes_message_by_message_and_is_acknowledged(self, broker: Broker, link: Link) -> None:
         """`risk_qos = 1`: every message is published and tracked by paho (each gets its PUBACK)."""
         acked: list[int] = []
-        link._on_ack = lambda mid, ok: acked.append(mid)  # noqa: SLF001
+        link._on_ack = lambda mid, ok: acked.append(mid)
         sub = Subscriber(broker, "mbq1")
         try:
             batch = _batch("mbq1", 3, 4)
@@ -148,9 +148,9 @@ class TestPublishPacket:
         remaining length takes two and three bytes."""
         c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
         seen: list[bytes] = []
-        c._sock = object()  # type: ignore[assignment]  # noqa: SLF001 - "connected", for _send_publish
-        c._packet_queue = lambda command, packet, *a: seen.append(bytes(packet))  # type: ignore[method-assign,assignment,return-value]  # noqa: SLF001
+        c._sock = object()  # type: ignore[assignment]  # "connected", for _send_publish
+        c._packet_queue = lambda command, packet, *a: seen.append(bytes(packet))  # type: ignore[method-assign,assignment,return-value]
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
         c.publish(topic, payload, qos=0, retain=retain)
-        c._sock = None  # noqa: SLF001 - nothing for paho to close
+        c._sock = None  # nothing for paho to close
         assert seen == [publish_packet(topic, payload, retain=retain, v5=v5)]

@@ -263,7 +263,8 @@ class TestBatchedScoring:
             None if g is None else g.tobytes() for g in got]
         assert [_tracker_state(t) for t in trackers] == [_tracker_state(t) for t in plain]
 
-    def test_pipeline_scores_a_batch_as_one_window_at_a_time(self, tmp_path: Path, model_file: ModelFile) -> None:
+    def test_pipeline_scores_a_batch_as_one_window_at_a_time(self, tmp_path: Path,
+                                                              model_file: ModelFile) -> None:
         """Each window's surprise probability in a batch is the one `surprise_probability` gives
         for its tracker's smoothed score, as the per-window path computed it; the batch is scored
         in float64 from float32 windows."""
@@ -274,8 +275,8 @@ class TestBatchedScoring:
         checked = 0
         for k in range(40):
             for asset in ("pump-1", "pump-2", "pump-3"):
-                doc = {"ts": T0 + k * PERIOD_S + 1.0, "values": dict(zip(CHANNELS, rng.normal(size=3).tolist(),
-                                                                         strict=True))}
+                values = dict(zip(CHANNELS, rng.normal(size=3).tolist(), strict=True))
+                doc = {"ts": T0 + k * PERIOD_S + 1.0, "values": values}
                 assert p.ingest(1, f"multi/{asset}", json.dumps(doc).encode(), WALL, 1.0)[0] == 3
             out = p.run_batch(256)
             assert out.inputs is None or out.inputs.dtype == np.float64
