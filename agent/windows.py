@@ -275,12 +275,23 @@ class AssetWindow:
         elif cell < self.first:
             self.first = cell
         slot = cell % self.capacity
-        if self._c[slot] != cell:
+        fresh = self._c[slot] != cell
+        if fresh:
             self._clear(slot, cell)
         t, v, filled = self._t, self._v, self._filled
         n_channels = self.n_channels
         r = cell % self._span
         base_v, base_t = slot * n_channels, r * n_channels
+        if fresh and len(set(channels)) == len(channels):
+            # The cell's first readings, each channel once (a json-multi message): nothing is
+            # held to compare with, every one is taken, and the cell is whole at the last.
+            for channel, value in zip(channels, values, strict=True):
+                v[base_v + channel] = value
+                t[base_t + channel] = ts
+            filled[r] = len(channels)
+            if cell == self.newest and cell > self.last_closed and filled[r] == n_channels:
+                self._close(cell)
+            return len(channels)
         accepted = 0
         for channel, value in zip(channels, values, strict=True):
             held = t[base_t + channel]
