@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agent.app import Intake
+from agent.app import Intake, intake_nap_s
 from agent.config import AgentConfig, BrokerConfig, StateConfig, SubscriptionConfig, WindowsConfig
 from agent.config import ModelConfig as ModelSection
 from agent.ingest import MAX_ABS_VALUE, Reason, loads
@@ -177,6 +177,10 @@ class TestIntake:
         q = Intake(3)
         assert [q.put((0, "t", b"", 0.0, float(i))) for i in range(5)] == [True, True, True, False, False]
         assert [m[4] for m in q.items] == [0.0, 1.0, 2.0]
+
+    def test_nap_is_a_quarter_of_the_latency_budget(self) -> None:
+        """The worker's nap follows `max_wait_ms` (a quarter of it), within 0.5 and 5 ms."""
+        assert [intake_nap_s(ms) for ms in (20.0, 8.0, 0.0, 1000.0)] == [0.005, 0.002, 0.0005, 0.005]
 
     def test_wait_times_out_empty(self) -> None:
         """With nothing put, `wait` returns False after its timeout (and 0 means do not wait)."""
