@@ -8,7 +8,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,9 @@ from agent.runtime import Expected, Runtime, load_runtime
 from agent.shadow import ShadowScorer, load_shadow, promote
 from agent.sparkplug.primary import PrimaryHost
 from agent.state import Checkpoint
+
+if TYPE_CHECKING:
+    from agent.recorder import Recorder
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
 CHECKPOINT_CHUNK = 128  # assets per checkpoint transaction (see Agent._save_some)
@@ -135,6 +138,7 @@ class Agent:
         self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
                       channels=list(runtime.spec.channels), period_s=runtime.spec.period_s)
         self.pipeline = Pipeline(cfg, runtime, self.metrics, log=self.log)
+        self.recorder = self._recorder(runtime.spec.channels)
         shadow = load_shadow(cfg, runtime)
         if shadow is not None:
             self.pipeline.shadow = ShadowScorer(shadow, cfg.windows.max_assets)
@@ -178,6 +182,18 @@ class Agent:
         self._swap_lock = threading.Lock()
 
     # -- callbacks from paho's thread: hand over, never block ----------------------------------
+
+    def _recorder(self, channels: tuple[str, ...]) -> Recorder | None:
+        """`[record]`: the pipeline hands it every accepted reading (None when off)."""
+        if not self.cfg.record.enabled:
+            return None
+        from agent.recorder import Recorder  # pyarrow (~50 MiB) only for agents that record
+
+        rec = Recorder(self.cfg.record, self.cfg.record_dir, channels, self.metrics, self.log)
+        self.pipeline.recorder = rec
+        self.log.info("recording", dir=str(rec.dir), max_bytes=rec.max_bytes, file_rows=rec.file_rows,
+                      rotate_s=rec.rotate_s)
+        return rec
 
     def _enqueue(self, sub: int, topic: str, payload: bytes) -> bool:
         """Queue a message; True means it may be acknowledged to the broker.
@@ -307,6 +323,8 @@ class Agent:
         resumed = self.sender.resume()
         if resumed:
             self.log.info("outbox_resumed", pending=resumed)
+        if self.recorder is not None:
+            self.recorder.start()
         self._accepting.set()
         self.link.start()
         worker = threading.Thread(target=self._work, name="vigil-worker", daemon=True)
@@ -318,6 +336,8 @@ class Agent:
         self.log.info("agent_stopping")
         self._accepting.clear()
         worker.join(timeout=3.0)
+        if self.recorder is not None:  # after the worker: what it ingested last is in the buffer
+            self.recorder.close(timeout=1.0)
         self._flush_outbox(timeout=1.0)
         for p in self.primaries:
             p.stop(timeout=0.5)
@@ -381,6 +401,8 @@ class Agent:
                 self.metrics.assets_stale.set(self.pipeline.n_stale)
                 self._send(self.ops.tick())
                 self._publish_health(now)
+                if self.recorder is not None:
+                    self.recorder.tick()
                 next_sweep = now + 1.0
             if now >= next_checkpoint:
                 self._score_all()

@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -40,6 +40,9 @@ from agent.sparkplug.codec import ChannelMap
 from agent.spec import ModelSpec, Thresholds
 from agent.state import dump_asset, load_asset
 from agent.windows import AssetWindow, Update, cell_of
+
+if TYPE_CHECKING:  # agent.recorder imports pyarrow (~50 MiB), loaded only when [record] is on
+    from agent.recorder import Recorder
 
 
 class AssetState:
@@ -124,6 +127,7 @@ class Pipeline:
         self.commands: list[Command] = []   # rebirth requests (NCMD), QoS 0, not retained
         self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH made stale
         self.shadow: ShadowScorer | None = None
+        self.recorder: Recorder | None = None  # [record]: gets every accepted reading
         self._set_runtime(runtime)
 
     # -- model -------------------------------------------------------------------------------
@@ -146,6 +150,8 @@ class Pipeline:
         for i, host in self.hosts.items():
             sub = self.cfg.subscriptions[i]
             host.channels = ChannelMap(self.spec.channels, sub.channel_map, sub.scale, sub.offset)
+        if self.recorder is not None:
+            self.recorder.set_channels(self.spec.channels)
         self.metrics.set_model(self.spec.version, self.spec.created_at)
 
     def swap_model(self, runtime: Runtime) -> bool:
@@ -226,7 +232,14 @@ class Pipeline:
         w = st.window
         before = len(w.ready)
         outcomes: list[Update] = []
-        accepted = w.update_cell(cell, ts, chans, values, outcomes)
+        rec = self.recorder
+        skipped: list[int] | None = None if rec is None else []
+        accepted = w.update_cell(cell, ts, chans, values, outcomes, skipped)
+        if accepted and rec is not None:
+            if skipped:  # duplicates among them: record only the readings the window took
+                chans = [c for i, c in enumerate(chans) if i not in skipped]
+                values = [v for i, v in enumerate(values) if i not in skipped]
+            rec.add(asset, ts, chans, values)
         if outcomes:
             rejects.extend(Reason.LATE if o is Update.TOO_LATE else Reason.DUPLICATE for o in outcomes)
         if accepted:
@@ -254,6 +267,8 @@ class Pipeline:
                 reason = self._write(r, wall, mono, historical)
                 if reason is None:
                     accepted += 1
+                    if self.recorder is not None:
+                        self.recorder.add(r.asset, r.ts, [r.channel], [r.value])
                 else:
                     rejects.append(reason)
         self.commands += out.commands

@@ -248,10 +248,11 @@ class AssetWindow:
         return Update.ACCEPTED
 
     def update_cell(self, cell: int, ts: float, channels: list[int], values: list[float],
-                    rejected: list[Update]) -> int:
+                    rejected: list[Update], rejected_at: list[int] | None = None) -> int:
         """`update` for readings of one cell and event time, in their order, with the same outcome.
 
-        Returns how many were accepted; the outcome of each rejected one goes to `rejected`.
+        Returns how many were accepted; the outcome of each rejected one goes to `rejected`,
+        and, given an empty `rejected_at`, its position in `channels` there (for recording).
         The cell's bookkeeping is done once rather than per reading.
         """
         if not channels:
@@ -264,6 +265,8 @@ class AssetWindow:
                     accepted += 1
                 else:
                     rejected.append(res)
+                    if rejected_at is not None:  # position = readings taken so far, either way
+                        rejected_at.append(accepted + len(rejected_at))
             return accepted
         if cell > self.newest:
             if self.newest > self.last_closed:
@@ -271,6 +274,8 @@ class AssetWindow:
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             rejected.extend([Update.TOO_LATE] * len(channels))
+            if rejected_at is not None:
+                rejected_at.extend(range(len(channels)))
             return 0
         elif cell < self.first:
             self.first = cell
@@ -297,6 +302,8 @@ class AssetWindow:
             held = t[base_t + channel]
             if ts == held:
                 rejected.append(Update.DUPLICATE)
+                if rejected_at is not None:
+                    rejected_at.append(accepted + len(rejected_at))
                 continue
             if ts > held:
                 v[base_v + channel] = value

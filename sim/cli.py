@@ -18,7 +18,7 @@ import structlog
 
 from agent.errors import ConfigError, DataError, VigilError
 from agent.names import BrokerURL
-from sim.history import FORMATS, write_history
+from sim.history import FORMATS, PARTITIONS, write_history
 from sim.live import DEFAULT_FAIL_WITHIN_S, LiveOptions, run_live
 from sim.plant import Event, PlantConfig
 from sim.publisher import DEFAULT_WINDOW, PublisherOptions, default_client_id
@@ -74,7 +74,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
     cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed)
     progress = False if args.no_progress else None
     history, events = write_history(
-        cfg, args.days, Path(args.out), start_ts=args.start, fmt=args.format, progress=progress
+        cfg, args.days, Path(args.out), start_ts=args.start, fmt=args.format, progress=progress,
+        partition=args.partition,
     )
     print(f"{PROG} history: wrote {history} and {events}")
     return EXIT_OK
@@ -305,6 +306,10 @@ def _build_parser() -> _Parser:
                       help="simulated days to write")
     hist.add_argument("--format", choices=FORMATS, default="csv",
                       help="history file format (default csv)")
+    hist.add_argument("--partition", choices=PARTITIONS, default="none",
+                      help="write DIR/history/ as a folder of Parquet files, one per asset "
+                      "(asset=NAME/) or per UTC day (date=YYYY-MM-DD/); needs --format parquet "
+                      "(default none: one file)")
     hist.add_argument("--start", type=_time, default=DEFAULT_START_TS, metavar="TIME",
                       help="first timestamp, epoch seconds or RFC 3339 (default "
                       f"{format_rfc3339(DEFAULT_START_TS)})")

@@ -1,4 +1,9 @@
-"""Historical logs from the plant: long-format readings (CSV or Parquet) and an events CSV."""
+"""Historical logs from the plant: long-format readings (CSV or Parquet) and an events CSV.
+
+Parquet histories may be written as a hive-partitioned folder, one file per asset
+(`history/asset=pump-001/part-0.parquet`, the asset column left to the folder name) or per
+UTC day (`history/date=2026-01-01/part-0.parquet`), as large plants keep them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol, TypeAlias
 
@@ -17,11 +23,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from agent.errors import ConfigError
-from sim.plant import CHANNELS, Event, Plant, PlantConfig, Step
+from sim.plant import CHANNELS, DAY, Event, Plant, PlantConfig, Step
 from sim.timestamps import DEFAULT_START_TS
 
 HistoryFormat: TypeAlias = Literal["csv", "parquet"]
 FORMATS: tuple[HistoryFormat, ...] = ("csv", "parquet")
+Partition: TypeAlias = Literal["none", "asset", "date"]
+PARTITIONS: tuple[Partition, ...] = ("none", "asset", "date")
 HISTORY_COLUMNS = ("ts", "asset", "channel", "value")
 EVENTS_COLUMNS = ("ts", "asset", "event")
 # About 10 MB of rows per chunk at 50 assets; memory stays flat whatever the run length.
@@ -43,17 +51,24 @@ def write_history(
     fmt: HistoryFormat = "csv",
     progress: bool | None = None,
     chunk_steps: int = DEFAULT_CHUNK_STEPS,
+    partition: Partition = "none",
 ) -> tuple[Path, Path]:
     """Simulate `days` of the plant into `out_dir`; return (history path, events path).
 
-    Rows are sorted by ts, then asset index, then channel in CHANNELS order. ts is written as
-    integer epoch seconds when start_ts and the period are whole seconds. `progress=None`
-    shows a bar only when stderr is a terminal.
+    Rows are sorted by ts, then asset index, then channel in CHANNELS order (within each file
+    of a partitioned folder). ts is written as integer epoch seconds when start_ts and the
+    period are whole seconds. `progress=None` shows a bar only when stderr is a terminal.
+    With `partition` "asset" or "date" (Parquet only) the history is the folder
+    `out_dir/history`, which must not exist yet.
     """
     if not (math.isfinite(days) and days > 0):
         raise ConfigError(f"days must be a positive number, got {days}")
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if partition not in PARTITIONS:
+        raise ConfigError(f"partition must be one of {', '.join(PARTITIONS)}, got {partition!r}")
+    if partition != "none" and fmt != "parquet":
+        raise ConfigError(f"a history partitioned by {partition} is written as Parquet: add --format parquet")
     if chunk_steps < 1:
         raise ConfigError(f"chunk_steps must be at least 1, got {chunk_steps}")
     n_steps = int(days * 86400.0 / cfg.period_s)
@@ -63,13 +78,18 @@ def write_history(
     schema = _history_schema(whole)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    history_path = out_dir / f"history.{fmt}"
+    history_path = out_dir / (f"history.{fmt}" if partition == "none" else "history")
+    if partition != "none" and history_path.exists():
+        # Files of an earlier, longer run would silently join this one.
+        raise ConfigError(f"{history_path} already exists; remove it or write elsewhere")
     events_path = out_dir / "events.csv"
     plant = Plant(cfg, start_ts)
     show = sys.stderr.isatty() if progress is None else progress
 
     with ExitStack() as stack:
-        writer = _open_writer(history_path, fmt, schema, stack)
+        writer = (_open_writer(history_path, fmt, schema, stack) if partition == "none"
+                  else _Partitioned(history_path, schema, partition))
+        stack.callback(writer.close)
         events_file = stack.enter_context(events_path.open("w", newline="", encoding="utf-8"))
         events_csv = csv.writer(events_file, lineterminator="\n")
         events_csv.writerow(EVENTS_COLUMNS)
@@ -107,8 +127,57 @@ def _open_writer(
         sink.write((",".join(HISTORY_COLUMNS) + "\n").encode())
         options = pacsv.WriteOptions(include_header=False, quoting_style="none")
         writer = pacsv.CSVWriter(sink, schema, write_options=options)
-    stack.callback(writer.close)
     return writer
+
+
+class _Partitioned:
+    """Writes each chunk's rows into one Parquet file per asset or per UTC day, under `root`.
+
+    A file per asset stays open for the whole run (one row group per chunk); a day's file is
+    closed once the simulation has moved past that day, so few files are open at a time.
+    """
+
+    def __init__(self, root: Path, schema: pa.Schema, by: Partition) -> None:
+        self.root, self.by = root, by
+        self.schema = schema.remove(schema.get_field_index("asset")) if by == "asset" else schema
+        self.writers: dict[str, pq.ParquetWriter] = {}
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self.by == "asset":
+            codes = table["asset"].combine_chunks().dictionary_encode()
+            key = np.asarray(codes.indices)
+            names = [f"asset={a}" for a in codes.dictionary.to_pylist()]
+            table = table.drop_columns(["asset"])
+        else:
+            days = np.asarray(table["ts"]).astype(np.float64) // DAY
+            key = (days - days[0]).astype(np.int64)
+            first = datetime.fromtimestamp(float(days[0] * DAY), UTC).date()
+            names = [f"date={first + timedelta(days=int(d))}" for d in range(int(key[-1]) + 1)]
+        # Rows of one partition stay in their order (stable sort), so every file is sorted too.
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(key[order], np.arange(len(names) + 1))
+        table = table.take(pa.array(order))
+        for k, name in enumerate(names):
+            if bounds[k + 1] > bounds[k]:
+                self._writer(name).write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]))
+
+    def _writer(self, name: str) -> pq.ParquetWriter:
+        if name not in self.writers:
+            if self.by == "date":  # time only moves forward: earlier days are done
+                for old in [n for n in self.writers if n < name]:
+                    self.writers.pop(old).close()
+            folder = self.root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            self.writers[name] = pq.ParquetWriter(str(folder / "part-0.parquet"), self.schema,
+                                                  compression="zstd")
+        return self.writers[name]
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+        self.writers.clear()
 
 
 def _chunks(plant: Plant, n_steps: int, chunk_steps: int) -> Iterator[list[Step]]:

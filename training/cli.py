@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train, calibrate and export a model. Options left out take the "
                        "format's defaults (C-MAPSS: see docs/training.md).")
     f.add_argument("--history", type=Path, required=True,
-                   help="history file: long or wide CSV/Parquet, or a C-MAPSS train_FD00x.txt")
+                   help="history: a long or wide CSV/Parquet file, a folder of Parquet files (plain or "
+                   "partitioned by asset= or date=), or a C-MAPSS train_FD00x.txt")
     f.add_argument("--events", type=Path, help="events CSV: ts,asset,event (failure|maintenance)")
     f.add_argument("--format", dest="fmt", choices=FORMATS, default="long", help="history layout")
     f.add_argument("--channels", type=_names, help="comma-separated channels to use, in this order")
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true", default=None, help="continue from --checkpoint")
     f.add_argument("--stop-after", type=_positive_int, help="stop after N epochs (resume later)")
     f.add_argument("--report", type=Path, help="directory for a validation report (Markdown + PNG)")
+    f.add_argument("--stream", action="store_true", default=None,
+                   help="never hold the whole history: stream it through a gridded cache on disk and train "
+                   "on a bounded choice of assets (docs/training.md, Large histories)")
+    f.add_argument("--stream-budget", type=_positive_int,
+                   help="--stream: readings held in memory while reading (default 2000000)")
+    f.add_argument("--stream-cells", type=_positive_int,
+                   help="--stream: grid cells of whole assets each split takes into memory (default 1000000)")
+    f.add_argument("--work-dir", type=Path,
+                   help="--stream: an empty folder for the cache (default: a temporary one, removed after)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
     f.add_argument("--onnx", action="store_true",

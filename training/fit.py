@@ -4,12 +4,19 @@ Steps: load and grid the history, window and label it, split by asset, fit the
 normalisation on training rows (per regime where there are several), train, calibrate on
 validation assets (temperature, surprise, combiner, thresholds), export with the parity
 check, and write a summary (and a report, if asked) beside the model.
+
+With `stream`, the history is never held whole: it is streamed into a gridded cache
+(`training.stream`), the normalisation fitted asset by asset, and each split's windows come
+from a bounded, seeded choice of its assets (`stream_cells`).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +27,7 @@ import numpy.typing as npt
 import torch
 
 from agent.runtime import load_model
-from agent.spec import Combiner, ModelSpec, SurpriseStats
+from agent.spec import Combiner, ModelSpec, Normalisation, SurpriseStats
 from training import calibrate as cal
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
@@ -37,6 +44,16 @@ from training.labels import (
 )
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
+from training.source import MemorySource, WindowSource
+from training.stream import (
+    DEFAULT_BUDGET,
+    StreamSource,
+    Windowing,
+    build_cache,
+    events_by_asset,
+    fit_statistics,
+    pick_assets,
+)
 from training.train import TrainConfig, TrainResult, seed_everything, train
 from training.vae import LstmVae, VaeConfig, VaeTrainConfig, WithAnomaly, healthy_mask, train_vae
 from training.vae import scores as vae_scores
@@ -103,6 +120,10 @@ class FitOptions:
     resume: bool = False
     stop_after: int = 0
     report: Path | None = None
+    stream: bool = False                  # stream the history through a cache on disk (docs/training.md)
+    stream_budget: int = DEFAULT_BUDGET   # readings held in memory while streaming
+    stream_cells: int = 1_000_000         # streaming: grid cells of whole assets each split takes into memory
+    work_dir: Path | None = None          # streaming: the cache's folder (default: a temporary one)
 
 
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
@@ -159,27 +180,106 @@ def prepare(opts: FitOptions) -> Prepared:
                     ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")))
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What fit trains, calibrates and reports on, loaded in memory or streamed."""
+
+    history: History          # channels, period, fingerprint; the grids of (at least) the validation assets
+    events: list[Event]
+    split: Split
+    norm: Normalisation
+    source: WindowSource      # the training assets' windows, by asset
+    train: Inputs             # the training windows this process trains on
+    train_windows: int        # training windows in all
+    positives: int            # of them, windows with a failure within the horizon
+    rul_labels: bool          # some training window has an RUL target
+    quantiles: tuple[tuple[float, ...], ...]
+    val: WindowSet
+    test: WindowSet
+    loader: dict[str, Any]    # streaming figures for the summary (empty in memory)
+
+
+def _regime_index(opts: FitOptions, channels: tuple[str, ...]) -> tuple[int, ...]:
+    unknown = [c for c in opts.regime_channels if c not in channels]
+    if unknown:
+        raise ValueError(f"regime channel(s) {unknown} are not among the channels {list(channels)}")
+    return tuple(channels.index(c) for c in opts.regime_channels)
+
+
+def in_memory(opts: FitOptions) -> TrainingData:
+    """The whole history in memory, windowed, split, and the normalisation fitted on the training split."""
+    p = prepare(opts)
+    norm = fit_normalisation(p.train, _regime_index(opts, p.history.channels), opts.n_regimes, opts.scaling,
+                             opts.seed)
+    train = p.train.inputs(norm)
+    rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
+    return TrainingData(p.history, p.events, p.split, norm, MemorySource.of(train, sorted(p.split.train)),
+                        train, len(p.train), int(p.train.fail.sum()), rul, input_quantiles(p.train),
+                        p.val, p.test, {})
+
+
+def streamed(opts: FitOptions, work: Path) -> TrainingData:
+    """The history streamed into a cache in `work`; the normalisation fitted asset by asset on the
+    training split; each split's windows from a seeded choice of its assets, `stream_cells` at most."""
+    if opts.fmt == "cmapss":
+        raise ValueError("--stream reads long or wide histories; C-MAPSS files load in memory")
+    cache = build_cache(opts.history, work, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels,
+                        budget=opts.stream_budget)
+    events = load_events(opts.events) if opts.events else []
+    failing = {e.asset for e in events if e.event == "failure"}
+    split = split_by_asset(cache.names, failing, opts.val_fraction, opts.seed, opts.test_fraction)
+    windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon, opts.max_gap, opts.pad_start)
+    stats = fit_statistics(cache, sorted(split.train), events, windowing,
+                           regime_channels=_regime_index(opts, cache.channels), n_regimes=opts.n_regimes,
+                           scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap)
+    by_asset = events_by_asset(events)
+    train, val, test = (StreamSource(cache, tuple(sorted(part)), by_asset, windowing, stats.norm)
+                        for part in (split.train, split.val, split.test))
+
+    def chosen(src: StreamSource, k: int) -> list[int]:
+        return pick_assets([src.cells(i) for i in range(len(src.assets))], opts.stream_cells, opts.seed + k)
+
+    train_idx, val_idx, test_idx = chosen(train, 0), chosen(val, 1), chosen(test, 2)
+    shown = [val.assets[i] for i in val_idx] + [test.assets[i] for i in test_idx]
+    loader = {**asdict(cache.stats), "assets": len(cache.names), "train_assets_drawn": len(train_idx),
+              "val_assets_drawn": len(val_idx), "test_assets_drawn": len(test_idx)}
+    return TrainingData(cache.history(shown), events, split, stats.norm, train, train.windows_of(train_idx),
+                        stats.windows, stats.positives, stats.rul_labels, stats.quantiles,
+                        val.window_set(val_idx), test.window_set(test_idx), loader)
+
+
+@contextmanager
+def _work_dir(opts: FitOptions) -> Iterator[Path]:
+    if opts.work_dir is not None:
+        yield opts.work_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="vigil-stream-") as tmp:
+        yield Path(tmp)
+
+
 def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     """Train, calibrate and export a model; return its spec and the summary written beside it."""
+    if not opts.stream:
+        return _fit(opts, in_memory)
+    with _work_dir(opts) as work:
+        return _fit(opts, lambda o: streamed(o, work))
+
+
+def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData]) -> tuple[ModelSpec, dict[str, Any]]:
     t0 = time.monotonic()
     torch.set_num_threads(opts.threads)
     seed_everything(opts.seed)
-    p = prepare(opts)
-    history = p.history
-    unknown = [c for c in opts.regime_channels if c not in history.channels]
-    if unknown:
-        raise ValueError(f"regime channel(s) {unknown} are not among the channels {list(history.channels)}")
-    regime_idx = tuple(history.channels.index(c) for c in opts.regime_channels)
-    norm = fit_normalisation(p.train, regime_idx, opts.n_regimes, opts.scaling, opts.seed)
-    train_data, val_data = p.train.inputs(norm), p.val.inputs(norm)
+    p = load(opts)
+    history, norm = p.history, p.norm
+    train_data, val_data = p.train, p.val.inputs(norm)
     if opts.augment not in ("none", "gan"):
         raise ValueError(f"augment must be none or gan, got {opts.augment!r}")
     augment: dict[str, Any] = {}
     if opts.augment == "gan":
         # Only the training split goes in: validation and test assets never reach the generator.
         train_data, augment = _gan_augment(opts, train_data)
-    has_fail = bool(p.train.fail.sum() > 0 and p.val.fail.sum() > 0)
-    has_rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
+    has_fail = bool(p.positives > 0 and p.val.fail.sum() > 0)
+    has_rul = p.rul_labels
     has_forecast = opts.forecast or not has_fail  # the agent needs one risk signal at least
     mcfg = ModelConfig(n_channels=len(history.channels), horizon=opts.horizon, hidden=opts.hidden,
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
@@ -224,7 +324,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
                    if k in ("windows", "spread_ratio", "nn_ratio")}
     spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics},
-                   input_quantiles=input_quantiles(p.train))
+                   input_quantiles=p.quantiles)
     probe = val_data.x(np.arange(min(len(p.val), 64)))
     served: torch.nn.Module = model if vae is None else WithAnomaly(model, vae)
     spec = export(served, spec, probe, opts.out)
@@ -232,7 +332,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
     summary: dict[str, Any] = {
         "model": str(opts.out), "version": spec.version, "heads": list(heads),
         "train_assets": sorted(p.split.train), "val_assets": sorted(p.split.val),
-        "test_assets": sorted(p.split.test), "train_windows": len(p.train), "val_windows": len(p.val),
+        "test_assets": sorted(p.split.test), "train_windows": p.train_windows, "val_windows": len(p.val),
         "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
@@ -242,6 +342,7 @@ def fit(opts: FitOptions) -> tuple[ModelSpec, dict[str, Any]]:
         "train_seconds": round(train_seconds, 1), "params": n_params(served),
         **({"vae": vae_summary} if vae is not None else {}),
         **({"augment": augment} if augment else {}),
+        **({"stream": p.loader} if p.loader else {}),
         "model_config": asdict(mcfg), "curve": result.curve,
     }
     if len(p.test):
@@ -339,7 +440,7 @@ def _fit_vae(opts: FitOptions, train_data: Inputs, val_data: Inputs) -> tuple[Ls
                  "params": n_params(vae), "healthy_margin_cells": margin, "curve": res.curve}
 
 
-def _test_metrics(model_path: Path, p: Prepared, spec: ModelSpec) -> dict[str, Any]:
+def _test_metrics(model_path: Path, p: TrainingData, spec: ModelSpec) -> dict[str, Any]:
     """The held-out test assets scored through the exported file, as `evaluate` would."""
     from agent.runtime import load_model as load
     from training.evaluate import predict_runtime
@@ -349,4 +450,5 @@ def _test_metrics(model_path: Path, p: Prepared, spec: ModelSpec) -> dict[str, A
     return metrics_of(scored, p.test, spec)
 
 
-__all__ = ["FitOptions", "Prepared", "TrainResult", "cmapss_options", "fit", "prepare"]
+__all__ = ["FitOptions", "Prepared", "TrainResult", "TrainingData", "cmapss_options", "fit", "in_memory",
+           "prepare", "streamed"]

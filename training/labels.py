@@ -10,12 +10,14 @@ import numpy.typing as npt
 from agent.spec import Normalisation
 from agent.windows import cell_of, fill_forward, sliding_windows
 from training.data import Event, History
-from training.regimes import Scaling
+from training.regimes import RowBlocks, Scaling, finite_blocks, rows_at, sample_index
 from training.regimes import fit_normalisation as fit_rows
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
+# The drift reference's quantiles come from at most this many training rows (plenty for 11 quantiles).
+QUANTILE_SAMPLE = 200_000
 
 
 @dataclass(frozen=True)
@@ -241,9 +243,16 @@ def input_quantiles(ws: WindowSet, n: int = 11) -> tuple[tuple[float, ...], ...]
 
     Stored in the model file as the reference for the agent's input-drift measure (PSI).
     """
-    rows = training_rows(ws)
-    if len(rows) == 0:
+    return quantiles_of(lambda: (training_rows(ws),), n)
+
+
+def quantiles_of(blocks: RowBlocks, n: int = 11) -> tuple[tuple[float, ...], ...]:
+    """`input_quantiles` of training rows given as blocks: of a seeded sample of at most
+    QUANTILE_SAMPLE rows (all of them when fewer), the same whether or not they fit in memory."""
+    count = sum(len(x) for x in finite_blocks(blocks))
+    if count == 0:
         return ()
+    rows = rows_at(blocks, sample_index(count, QUANTILE_SAMPLE, seed=0))
     q = np.nanquantile(rows, np.linspace(0.0, 1.0, n), axis=0)  # [n, C]
     if not np.isfinite(q).all():
         return ()

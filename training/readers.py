@@ -1,7 +1,10 @@
 """Tables read in chunks from CSV or Parquet, with errors that name the file, row and column.
 
-Every column is read as it comes (text for CSV) and converted here, so a bad value is
-reported where it is instead of as an Arrow conversion error somewhere in a block.
+A source is one file, or a folder of Parquet files read through `pyarrow.dataset`: plain,
+or hive-partitioned (`asset=pump-001/`, `date=2026-01-01/`), where a partition key stands
+for a column its files leave out. Every column is read as it comes (text for CSV) and
+converted here, so a bad value is reported where it is instead of as an Arrow conversion
+error somewhere in a block.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from agent.errors import DataError
@@ -26,6 +30,7 @@ FloatArray = npt.NDArray[np.float64]
 CSV_BLOCK_BYTES = 16 << 20
 PARQUET_BATCH_ROWS = 1 << 18
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,57 @@ class Chunk:
         return self.row0 + i
 
 
+@dataclass(frozen=True)
+class Part:
+    """One Parquet file of a folder source and the partition values its directories give."""
+
+    path: Path
+    keys: dict[str, str]
+
+
 def is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
+    return path.suffix.lower() in PARQUET_SUFFIXES
+
+
+def parts(folder: Path) -> list[Part]:
+    """The Parquet files of a folder, sorted by path, with their hive partition values (as text).
+
+    Names starting with `.` or `_` (files being written, `_SUCCESS`) and files that are not
+    `.parquet`/`.pq` are left out, at any depth.
+    """
+    _exists(folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and is_parquet(f)
+                   and not any(n.startswith((".", "_")) for n in f.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"{folder}: no Parquet files (*.parquet) in the folder")
+    # pyarrow.dataset resolves the hive partitions (URI-decoded); values stay text: `asset=007`
+    # is asset "007", not the number 7.
+    keys = sorted({d.split("=", 1)[0] for f in files for d in f.relative_to(folder).parts[:-1] if "=" in d})
+    dataset = ds.dataset([str(f) for f in files], format="parquet", partition_base_dir=str(folder),
+                         partitioning=ds.partitioning(pa.schema([(k, pa.string()) for k in keys]),
+                                                      flavor="hive"))
+    return [Part(Path(f.path), {k: str(v) for k, v in ds.get_partition_keys(f.partition_expression).items()})
+            for f in dataset.get_fragments()]
+
+
+def partition_keys(path: Path) -> set[str]:
+    """The hive partition keys of a folder source (none for a file)."""
+    return {k for part in parts(path) for k in part.keys} if path.is_dir() else set()
+
+
+def files(path: Path) -> list[Path]:
+    """The files a source is read from: the file itself, or a folder's Parquet files."""
+    return [p.path for p in parts(path)] if path.is_dir() else [path]
 
 
 def header(path: Path) -> list[str]:
-    """The column names of a CSV or Parquet file, without reading its rows."""
+    """The column names of a CSV or Parquet file (a folder: its first file, with partition keys),
+    without reading rows."""
     _exists(path)
+    if path.is_dir():
+        first = parts(path)[0]
+        names = header(first.path)
+        return names + [k for k in first.keys if k not in names]
     try:
         if is_parquet(path):
             return list(pq.ParquetFile(path).schema_arrow.names)
@@ -60,8 +109,16 @@ def header(path: Path) -> list[str]:
     return names
 
 
-def read_chunks(path: Path, columns: list[str]) -> Iterator[Chunk]:
-    """The named columns of a CSV or Parquet file, a chunk at a time."""
+def read_chunks(path: Path, columns: list[str], *, exact: bool = False) -> Iterator[Chunk]:
+    """The named columns of a CSV or Parquet file, or of every file of a folder, a chunk at a time.
+
+    In a folder, every file must hold the columns (a partition key counts as one); with
+    `exact`, it must hold no other columns either (a wide file's channels must agree).
+    """
+    if path.is_dir():
+        for part in parts(path):
+            yield from _part_chunks(part, columns, exact)
+        return
     _exists(path)
     try:
         if is_parquet(path):
@@ -84,6 +141,23 @@ def read_chunks(path: Path, columns: list[str]) -> Iterator[Chunk]:
             row += table.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _part_chunks(part: Part, columns: list[str], exact: bool) -> Iterator[Chunk]:
+    names = header(part.path)
+    missing = [c for c in columns if c not in names and c not in part.keys]
+    extra = [c for c in names if c not in columns] if exact else []
+    if missing or extra:
+        what = f"missing column(s) {missing}" if missing else f"column(s) {extra} not in the other files"
+        raise DataError(f"{part.path}: {what}; every file must have {','.join(columns)}")
+    from_keys = [c for c in columns if c not in names]
+    # Each file is read on its own, so a bad one is named, in batches without read-ahead, so
+    # memory stays at one batch.
+    for chunk in read_chunks(part.path, [c for c in columns if c in names]):
+        table = chunk.table
+        for c in from_keys:  # a partition key is the same value on every row of the file
+            table = table.append_column(c, pa.repeat(part.keys[c], table.num_rows))
+        yield Chunk(table, chunk.row0, chunk.path)
 
 
 def seconds(chunk: Chunk, column: str = "ts") -> FloatArray:

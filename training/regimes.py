@@ -5,10 +5,16 @@ depend on the operating condition far more than on wear. The regimes are found b
 on the channels that set the condition (for C-MAPSS, the three operating settings), on
 training rows only; each regime gets its own mean and std, and all of it goes into the
 model file, where `agent.spec.Normalisation.apply` uses it for training and agent alike.
+
+The fit reads its rows as blocks, up to three passes over them (moments; the k-means sample;
+per-regime moments), so a history larger than memory fits exactly as one in memory does:
+moments merge block by block, and the k-means sample picks the same rows either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -17,6 +23,9 @@ import numpy.typing as npt
 from agent.spec import Normalisation
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+RowBlocks = Callable[[], Iterable[FloatArray]]
+"""Training rows [n, C] as blocks, read afresh on every call (one call per pass)."""
 Scaling = Literal["z", "minmax"]
 MAX_REGIMES = 10
 # Regimes are real when k centres explain all but this share of the spread (C-MAPSS: ~1e-6);
@@ -53,6 +62,68 @@ def kmeans(z: FloatArray, k: int, seed: int, iters: int = 50
     return c, labels, inertia
 
 
+@dataclass
+class Moments:
+    """Per-channel count, mean, sum of squared deviations, min and max, merged block by block
+    (Chan et al.): over one block they are numpy's own mean and std."""
+
+    n: int = 0
+    mean: FloatArray | None = None
+    m2: FloatArray | None = None
+    lo: FloatArray | None = None
+    hi: FloatArray | None = None
+
+    def add(self, x: FloatArray) -> None:
+        if len(x) == 0:
+            return
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        if self.mean is None or self.m2 is None or self.lo is None or self.hi is None:
+            self.n, self.mean, self.m2, self.lo, self.hi = len(x), mean, m2, lo, hi
+            return
+        n = self.n + len(x)
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (len(x) / n)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * len(x) / n)
+        self.lo, self.hi, self.n = np.minimum(self.lo, lo), np.maximum(self.hi, hi), n
+
+    def affine(self, scaling: Scaling) -> tuple[FloatArray, FloatArray]:
+        """Offset and scale: mean and (floored) std for "z", min and (floored) range for "minmax"."""
+        assert self.mean is not None and self.m2 is not None and self.lo is not None and self.hi is not None
+        if scaling == "minmax":
+            return self.lo, _floor(self.hi - self.lo, self.lo)
+        return self.mean, _floor(np.sqrt(self.m2 / self.n), self.mean)
+
+
+def finite_blocks(blocks: RowBlocks) -> Iterable[FloatArray]:
+    """The blocks' rows with every channel finite (only those are fitted on)."""
+    for x in blocks():
+        yield x[np.isfinite(x).all(axis=1)]
+
+
+def sample_index(n: int, size: int, seed: int) -> IntArray:
+    """Which of n rows a seeded sample of `size` takes, in draw order (all rows when n <= size)."""
+    if n <= size:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng(seed).choice(n, size, replace=False).astype(np.int64)
+
+
+def rows_at(blocks: RowBlocks, index: IntArray) -> FloatArray:
+    """The finite rows at positions `index` (into all finite rows, in order), in `index`'s order."""
+    order = np.argsort(index, kind="stable")
+    wanted = index[order]
+    out: FloatArray | None = None
+    start = 0
+    for x in finite_blocks(blocks):
+        lo, hi = np.searchsorted(wanted, [start, start + len(x)])
+        if out is None:
+            out = np.empty((len(index), x.shape[1]))
+        out[order[lo:hi]] = x[wanted[lo:hi] - start]
+        start += len(x)
+    return out if out is not None else np.empty((0, 0))
+
+
 def find_regimes(r: FloatArray, n_regimes: int | None, seed: int = 0) -> tuple[FloatArray, FloatArray]:
     """Regime centres (raw units) and the per-channel scale distances are measured in.
 
@@ -60,12 +131,15 @@ def find_regimes(r: FloatArray, n_regimes: int | None, seed: int = 0) -> tuple[F
     unexplained, with every regime holding at least 0.5 % of the rows; if none does, one regime.
     """
     scale = _floor(r.std(axis=0), r.mean(axis=0))
-    sample = r if len(r) <= KMEANS_SAMPLE else r[np.random.default_rng(seed).choice(len(r), KMEANS_SAMPLE,
-                                                                                   replace=False)]
+    return regime_centres(r[sample_index(len(r), KMEANS_SAMPLE, seed)], scale, n_regimes, seed), scale
+
+
+def regime_centres(sample: FloatArray, scale: FloatArray, n_regimes: int | None, seed: int) -> FloatArray:
+    """Regime centres (raw units) found by k-means on a sample of the regime channels (`find_regimes`)."""
     z = sample / scale
     if n_regimes is not None:
         c, _, _ = kmeans(z, n_regimes, seed)
-        return c * scale, scale
+        return c * scale
     total = float(((z - z.mean(0)) ** 2).sum())
     for k in range(2, MAX_REGIMES + 1):
         if k > len(np.unique(z, axis=0)):
@@ -73,8 +147,9 @@ def find_regimes(r: FloatArray, n_regimes: int | None, seed: int = 0) -> tuple[F
         c, labels, inertia = kmeans(z, k, seed)
         share = np.bincount(labels, minlength=k) / len(z)
         if total > 0 and inertia / total < REGIME_RESIDUAL and share.min() >= MIN_REGIME_SHARE:
-            return c * scale, scale
-    return z.mean(0, keepdims=True) * scale, scale
+            return c * scale
+    one: FloatArray = z.mean(0, keepdims=True) * scale
+    return one
 
 
 def fit_normalisation(x: FloatArray, regime_channels: tuple[int, ...] = (), n_regimes: int | None = None,
@@ -83,34 +158,41 @@ def fit_normalisation(x: FloatArray, regime_channels: tuple[int, ...] = (), n_re
 
     `scaling` "z" maps to mean 0 / std 1; "minmax" maps each channel's training range to 0..1.
     """
-    x = x[np.isfinite(x).all(axis=1)]
-    if len(x) == 0:
+    return fit_blocks(lambda: (x,), regime_channels, n_regimes, scaling, seed)
+
+
+def fit_blocks(blocks: RowBlocks, regime_channels: tuple[int, ...] = (), n_regimes: int | None = None,
+               scaling: Scaling = "z", seed: int = 0) -> Normalisation:
+    """`fit_normalisation` over rows given as blocks (the same fit as on their concatenation)."""
+    total = Moments()
+    for x in finite_blocks(blocks):
+        total.add(x)
+    if total.n == 0:
         raise ValueError("no whole training rows to fit the normalisation on")
-    mean, std = _affine(x, scaling)
+    mean, std = total.affine(scaling)
     plain = Normalisation(tuple(map(float, mean)), tuple(map(float, std)))
     if not regime_channels or n_regimes in (0, 1):
         return plain
     rc = list(regime_channels)
-    centres, scale = find_regimes(x[:, rc], n_regimes, seed)
+    # Distances are measured in the regime channels' own spread, whatever the scaling.
+    _, z_std = total.affine("z")
+    scale = z_std[rc]
+    sample = rows_at(blocks, sample_index(total.n, KMEANS_SAMPLE, seed))[:, rc]
+    centres = regime_centres(sample, scale, n_regimes, seed)
     if len(centres) < 2:
         return plain
     base = Normalisation(plain.mean, plain.std, tuple(regime_channels), tuple(map(float, scale)),
                          tuple(tuple(map(float, c)) for c in centres),
                          tuple(plain.mean for _ in centres), tuple(plain.std for _ in centres))
-    k = base.regime_of(x)
+    per = [Moments() for _ in centres]
+    for x in finite_blocks(blocks):
+        k = base.regime_of(x)
+        for j, m in enumerate(per):
+            m.add(x[k == j])
     r_mean, r_std = [], []
-    for j in range(len(centres)):
-        rows = x[k == j]
-        m, s = _affine(rows, scaling) if len(rows) >= 2 else (mean, std)
-        r_mean.append(tuple(map(float, m)))
-        r_std.append(tuple(map(float, s)))
+    for m in per:
+        mj, sj = m.affine(scaling) if m.n >= 2 else (mean, std)
+        r_mean.append(tuple(map(float, mj)))
+        r_std.append(tuple(map(float, sj)))
     return Normalisation(plain.mean, plain.std, base.regime_channels, base.regime_scale,
                          base.regime_centres, tuple(r_mean), tuple(r_std))
-
-
-def _affine(x: FloatArray, scaling: Scaling) -> tuple[FloatArray, FloatArray]:
-    if scaling == "minmax":
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        return lo, _floor(hi - lo, lo)
-    mean = x.mean(axis=0)
-    return mean, _floor(x.std(axis=0), mean)

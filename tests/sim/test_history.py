@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -104,6 +107,42 @@ class TestParquet:
         from_parquet = pq.read_table(p)
         assert from_parquet.column_names == ["ts", "asset", "channel", "value"]
         assert from_parquet.equals(pacsv.read_csv(c).cast(from_parquet.schema))
+
+
+class TestPartitioned:
+    def test_by_asset_holds_each_assets_rows_in_order(self, tmp_path: Path) -> None:
+        """One file per asset (asset=NAME/), the asset left to the folder name, rows as in one file."""
+        one, _ = write_history(FRAGILE, 2, tmp_path / "one", fmt="parquet", progress=False)
+        folder, _ = write_history(FRAGILE, 2, tmp_path / "p", fmt="parquet", progress=False,
+                                  partition="asset", chunk_steps=50)
+        assert folder == tmp_path / "p" / "history"
+        whole = pq.read_table(one)
+        for name in FRAGILE.asset_names:
+            part = pq.read_table(folder / f"asset={name}" / "part-0.parquet")
+            assert part.column_names == ["ts", "channel", "value"]
+            mine = whole.filter(pc.equal(whole["asset"], name)).drop_columns(["asset"])
+            assert part.equals(mine)
+
+    def test_by_date_holds_each_utc_day(self, tmp_path: Path) -> None:
+        """One file per UTC day (date=YYYY-MM-DD/), together the single file's rows in its order."""
+        one, _ = write_history(FRAGILE, 3, tmp_path / "one", fmt="parquet", progress=False)
+        folder, _ = write_history(FRAGILE, 3, tmp_path / "p", fmt="parquet", progress=False,
+                                  partition="date", chunk_steps=100)
+        days = sorted(d.name for d in folder.iterdir())
+        assert len(days) >= 3 and days[0] == f"date={datetime.fromtimestamp(DEFAULT_START_TS, UTC).date()}"
+        parts = [pq.read_table(folder / d / "part-0.parquet") for d in days]
+        for d, t in zip(days, parts, strict=True):
+            dates = {datetime.fromtimestamp(v, UTC).date().isoformat() for v in t["ts"].to_pylist()}
+            assert dates == {d.removeprefix("date=")}
+        assert pa.concat_tables(parts).equals(pq.read_table(one))
+
+    def test_partition_needs_parquet_and_a_new_folder(self, tmp_path: Path) -> None:
+        """CSV cannot be partitioned; an existing history folder is not written into."""
+        with pytest.raises(ConfigError, match="--format parquet"):
+            write_history(SMALL, 1, tmp_path, partition="asset", progress=False)
+        (tmp_path / "history").mkdir()
+        with pytest.raises(ConfigError, match="already exists"):
+            write_history(SMALL, 1, tmp_path, fmt="parquet", partition="date", progress=False)
 
 
 class TestValidation:

@@ -168,3 +168,69 @@ class TestChunks:
         monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 7)
         assert len(list(readers.read_chunks(f, ["ts"]))) == 15
         np.testing.assert_array_equal(load_history(f).assets[0].grid, whole.assets[0].grid)
+
+
+GOOD = pa.table({"ts": [0, 60], "asset": ["p1"] * 2, "channel": ["t"] * 2, "value": [1.0, 2.0]})
+
+
+class TestFolders:
+    @pytest.mark.parametrize("layout", ["plain", "asset", "date"])
+    def test_folder_grids_like_the_single_file(self, layouts: dict[str, tuple[Path, Path]],
+                                               layout: str) -> None:
+        """A folder of Parquet files (plain, or partitioned by asset or date) grids like one file."""
+        ref, got = load_history(layouts["file"][0]), load_history(layouts[layout][0])
+        assert got.channels == ref.channels and got.period_s == ref.period_s
+        assert [s.asset for s in got.assets] == [s.asset for s in ref.assets]
+        for a, b in zip(ref.assets, got.assets, strict=True):
+            assert a.start_cell == b.start_cell
+            np.testing.assert_array_equal(a.grid, b.grid)
+
+    def test_partition_value_is_text_and_file_column_wins(self, tmp_path: Path) -> None:
+        """`asset=007` names asset "007" (not 7); files may also carry the column themselves."""
+        (tmp_path / "asset=007").mkdir()
+        pq.write_table(pa.table({"ts": [0, 60], "channel": ["t", "t"], "value": [1.0, 2.0]}),
+                       tmp_path / "asset=007" / "a.parquet")
+        (tmp_path / "asset=x").mkdir()
+        pq.write_table(pa.table({"ts": [0], "asset": ["p9"], "channel": ["t"], "value": [3.0]}),
+                       tmp_path / "asset=x" / "b.parquet")
+        h = load_history(tmp_path, period_s=60)
+        assert [s.asset for s in h.assets] == ["007", "p9"]
+
+    def test_hidden_and_other_files_are_left_out(self, tmp_path: Path) -> None:
+        """Files being written (`.x`, `_x`) and non-Parquet files are not read."""
+        pq.write_table(GOOD, tmp_path / "a.parquet")
+        for name in (".part.parquet", "_tmp.parquet", "notes.txt"):
+            (tmp_path / name).write_bytes(b"not parquet")
+        assert load_history(tmp_path).assets[0].grid[:, 0].tolist() == [1, 2]
+
+    @pytest.mark.parametrize(("second", "needle"), [
+        (b"PAR1 truncated", "b.parquet"),
+        (pa.table({"ts": [120], "asset": ["p1"], "channel": ["t"]}),
+         "b.parquet: missing column(s) ['value']"),
+        (pa.table({"ts": [120], "asset": ["p1"], "channel": ["t"], "value": ["hot"]}),
+         "b.parquet: row 1, column value"),
+    ])
+    def test_a_bad_file_in_a_folder_is_named(self, tmp_path: Path, second: bytes | pa.Table,
+                                             needle: str) -> None:
+        """A corrupt or wrong-schema file among good ones stops the load with that file's name."""
+        pq.write_table(GOOD, tmp_path / "a.parquet")
+        if isinstance(second, bytes):
+            (tmp_path / "b.parquet").write_bytes(second)
+        else:
+            pq.write_table(second, tmp_path / "b.parquet")
+        with pytest.raises(DataError) as exc:
+            load_history(tmp_path)
+        assert needle in str(exc.value)
+
+    def test_wide_folder_files_must_agree_on_channels(self, tmp_path: Path) -> None:
+        """A wide file with a channel the first file lacks is an error, not data silently dropped."""
+        pq.write_table(pa.table({"ts": [0.0], "asset": ["p1"], "t": [1.0]}), tmp_path / "a.parquet")
+        pq.write_table(pa.table({"ts": [60.0], "asset": ["p1"], "t": [2.0], "v": [3.0]}),
+                       tmp_path / "b.parquet")
+        with pytest.raises(DataError, match=r"b\.parquet: column\(s\) \['v'\] not in the other files"):
+            load_history(tmp_path, fmt="wide")
+
+    def test_empty_folder(self, tmp_path: Path) -> None:
+        """A folder without Parquet files says so."""
+        with pytest.raises(DataError, match="no Parquet files"):
+            load_history(tmp_path)
