@@ -33,7 +33,7 @@ class Filter:
             return False
         if self._dollar and n and levels[0][:1] == "$":
             return False
-        for i, want in self._fixed:
+        for i, want in self._fixed:  # noqa: SIM110 - `all(generator)` costs more than the match
             if levels[i] != want:
                 return False
         return True
