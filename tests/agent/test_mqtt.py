@@ -37,7 +37,8 @@ class Subscriber:
         self.got: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{prefix}", protocol=protocol)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{prefix}-{id(self)}",
+                             protocol=protocol)
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: ready.set()
         self.c.on_connect = lambda client, *a: client.subscribe(f"{prefix}/#", qos=1)
@@ -99,7 +100,12 @@ class TestPublishMany:
     def test_retained_flag_is_kept(self, broker: Broker, link: Link) -> None:
         """With retain, the broker keeps each topic's last message of the batch for a late subscriber."""
         batch = _batch("mbret", 2, 3)
+        early = Subscriber(broker, "mbret")
         assert link.publish_many(batch, qos=0, retain=True) == len(batch)
+        try:  # the broker has the whole batch (so its retained copies) before the late one subscribes
+            wait_until(lambda: len(early.got) >= len(batch), 10, what="the batch at the broker")
+        finally:
+            early.stop()
         late = Subscriber(broker, "mbret")
         try:
             wait_until(lambda: len(late.got) >= 2, 10, what="retained messages")
