@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -14,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from agent.errors import VigilError
 from agent.metrics import Metrics
 
@@ -21,8 +25,26 @@ _ID_NAMESPACE = uuid.UUID("6f0c1b8e-5a52-4c1e-9a57-0d3b4f1f7a10")
 
 
 def rfc3339_ms(ts: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds, e.g. 2026-01-01T00:00:00.000Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds as RFC 3339 UTC with milliseconds, e.g. 2026-01-01T00:00:00.000Z.
+
+    What `datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")` gives (the
+    microsecond rounded half to even, then cut to the millisecond), at a third of its cost:
+    every risk message carries one, and the date and time of day repeat from one to the next.
+    """
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)  # half to even, like datetime's
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    return f"{_second(sec)}.{us // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(sec: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` of a whole epoch second (UTC)."""
+    return datetime.fromtimestamp(sec, UTC).isoformat()[:19]
 
 
 def alert_id(agent_id: str, asset: str, cell: int, level: str, previous: str) -> str:
@@ -89,8 +111,24 @@ class Outbox:
             self._db.close()
 
 
+# Made once: `json.dumps` with options builds a new encoder on every call (a third of its cost).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    """Compact JSON; NaN and infinities are refused (ValueError), never written."""
+    return _ENCODER.encode(doc).encode()
+
+
+def encode_fast(doc: dict[str, Any]) -> bytes:
+    """`encode` through orjson, ~10x faster, for the one document every scored window makes.
+
+    The same JSON values; a float below 1e-4 may be spelt differently (`5e-05` as `0.00005`).
+    orjson writes NaN and infinities as `null` instead of refusing them, so a document in which
+    `null` appears (never in a risk document otherwise) goes through `encode` and is refused.
+    """
+    out = orjson.dumps(doc)
+    return out if b"null" not in out else encode(doc)
 
 
 class Publisher(Protocol):

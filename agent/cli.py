@@ -66,6 +66,8 @@ def check_config(path: Path) -> dict[str, Any]:
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
         **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
            if shadow is not None and cfg.model.shadow is not None else {}),
+        **({"records": {"dir": str(cfg.record_dir), "max_bytes": cfg.record.max_bytes}}
+           if cfg.record.enabled else {}),
         "publishes": {
             "alerts": f"{cfg.outputs.prefix}/alerts/{{asset}}",
             "risk": f"{cfg.outputs.prefix}/risk/{{asset}}",

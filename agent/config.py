@@ -318,6 +318,21 @@ class DriftConfig(_Strict):
     min_samples: Annotated[int, Field(ge=1)] = 200
 
 
+class RecordConfig(_Strict):
+    """`[record]`: every accepted reading into rotating Parquet files, the history of the next refit.
+
+    Long format (`ts, asset, channel, value`), `dir/YYYY-MM-DD/part-*.parquet`; a file is
+    written whole under a hidden temporary name and renamed, so readers never see half of
+    one. Past `max_bytes` the oldest files are deleted. See agent.recorder.
+    """
+
+    enabled: bool = False
+    dir: Path | None = None  # default: `recording` in the state directory
+    max_bytes: Annotated[int, Field(ge=1)] = 5 << 30
+    file_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 500_000
+    rotate_s: Annotated[float, Field(gt=0)] = 600.0
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -336,11 +351,17 @@ class AgentConfig(_Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     alarms: AlarmsConfig = AlarmsConfig()
     drift: DriftConfig = DriftConfig()
+    record: RecordConfig = RecordConfig()
     log: LogConfig = LogConfig()
 
     @property
     def resolved_agent_id(self) -> str:
         return self.agent_id or self.broker.client_id
+
+    @property
+    def record_dir(self) -> Path:
+        """Where `[record]` writes: its `dir`, by default `recording` in the state directory."""
+        return self.record.dir if self.record.dir is not None else self.state.dir / "recording"
 
     @field_validator("agent_id")
     @classmethod
@@ -400,9 +421,10 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> AgentConfig:
     shadow = model.get("shadow") if isinstance(model, dict) else None
     if isinstance(shadow, dict) and isinstance(shadow.get("path"), str):
         shadow["path"] = str(base / shadow["path"])
-    state = raw.get("state")
-    if isinstance(state, dict) and isinstance(state.get("dir"), str):
-        state["dir"] = str(base / state["dir"])
+    for table in ("state", "record"):
+        part = raw.get(table)
+        if isinstance(part, dict) and isinstance(part.get("dir"), str):
+            part["dir"] = str(base / part["dir"])
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:

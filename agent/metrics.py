@@ -19,6 +19,9 @@ COMMANDS = ("ack", "shelve", "unshelve", "promote")
 COMMAND_RESULTS = ("ok", "noop", "rejected")
 MODELS = ("live", "shadow")
 SUPPRESSED_BY = ("maintenance", "shelved", "flood")
+# Why readings were not recorded ([record]): the writer was behind, a file could not be
+# written, or the writer did not finish within the stop's time.
+RECORD_DROPPED_BY = ("queue_full", "write_error", "shutdown")
 
 
 class Metrics:
@@ -86,6 +89,7 @@ class Metrics:
             self.model_reloads.labels(result)
 
         self._operations(r)
+        self._recording(r)
 
     def _operations(self, r: CollectorRegistry) -> None:
         """The operations loop: CMMS events, operator commands, alarm management, accounting."""
@@ -141,6 +145,22 @@ class Metrics:
                                 "alert horizons run on.", registry=r)
         self.shadow_info = Gauge("vigil_shadow_model_info", "The shadow model scored beside the live one.",
                                  ["version"], registry=r)
+
+    def _recording(self, r: CollectorRegistry) -> None:
+        """`[record]`: accepted readings into Parquet files for the next refit (agent.recorder)."""
+        self.record_readings = Counter("vigil_record_readings", "Readings written to recording files.",
+                                       registry=r)
+        self.record_dropped = Counter(
+            "vigil_record_dropped", "Accepted readings not recorded, by why (queue_full, write_error, "
+            "shutdown).", ["reason"], registry=r)
+        for why in RECORD_DROPPED_BY:
+            self.record_dropped.labels(why)
+        self.record_files_deleted = Counter(
+            "vigil_record_files_deleted", "Recording files deleted, oldest first, to stay under "
+            "[record] max_bytes.", registry=r)
+        self.record_disk_bytes = Gauge("vigil_record_disk_bytes", "Bytes of recording files on disk.",
+                                       registry=r)
+        self.record_files = Gauge("vigil_record_files", "Recording files on disk.", registry=r)
 
     def set_model(self, version: str, created_at: str = "") -> None:
         self.model_info.clear()

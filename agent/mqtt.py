@@ -7,7 +7,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +38,8 @@ def control_filters(cfg: AgentConfig) -> list[str]:
 
 
 Control = tuple[str, bytes, list[tuple[str, str]]]  # topic, payload, MQTT 5 user properties
+PUBLISH = 0x30     # the PUBLISH packet type, in the first byte of the fixed header
+BATCH_MID = 0      # the message id of a batch of QoS 0 messages (paho's run 1-65535)
 
 
 class Link:
@@ -192,6 +194,8 @@ class Link:
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                    properties: Any) -> None:
+        if mid == BATCH_MID:
+            return  # a batch of QoS 0 messages written out: nothing waits for it
         # A failure reason code (MQTT 5 only) means the broker did not take the message.
         self._on_ack(mid, not reason.is_failure)
 
@@ -199,6 +203,33 @@ class Link:
         """Hand a message to paho (queued by paho while disconnected); returns its mid."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return int(info.mid)
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int = 0, retain: bool = False) -> int:
+        """Hand many messages to paho at once, in order; returns how many it took.
+
+        `client.publish` hands each message to paho's network thread on its own: a lock, a
+        write to the wake-up socket and so a wake-up of that thread (and a trip of the GIL)
+        per message. QoS 0 needs no mid, no retry and no acknowledgement, so here the PUBLISH
+        packets of all `messages` are encoded into one buffer and handed over in one
+        `_packet_queue` call: one wake-up, and one socket write, for the whole batch. Like
+        `client.publish` at QoS 0, nothing is taken while there is no connection. QoS 1 and
+        2 go message by message through `client.publish`, which tracks and resends them.
+        """
+        if not messages:
+            return 0
+        queue = getattr(self.client, "_packet_queue", None)
+        if qos or queue is None:  # `queue is None`: a paho without it: the plain way
+            for topic, payload in messages:
+                self.client.publish(topic, payload, qos=qos, retain=retain)
+            return len(messages)
+        if self.client._sock is None:  # what `client.publish` checks for QoS 0
+            return 0
+        parts: list[bytes] = []
+        for topic, payload in messages:
+            _packet_parts(parts, topic, payload, retain, self.v5)
+        # mid 0 is never one of paho's (1-65535): the single on_publish it brings is ignored.
+        queue(PUBLISH, b"".join(parts), BATCH_MID, 0, mqtt.MQTTMessageInfo(BATCH_MID))
+        return len(messages)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Publish the retained `offline` status ourselves, then disconnect cleanly."""
@@ -208,6 +239,34 @@ class Link:
                 info.wait_for_publish(timeout)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def publish_packet(topic: str, payload: bytes, *, retain: bool = False, v5: bool = True) -> bytes:
+    """One MQTT PUBLISH packet at QoS 0 (MQTT 3.1.1 or 5, no properties), as paho writes it."""
+    parts: list[bytes] = []
+    _packet_parts(parts, topic, payload, retain, v5)
+    return b"".join(parts)
+
+
+def _packet_parts(parts: list[bytes], topic: str, payload: bytes, retain: bool, v5: bool) -> None:
+    """Append the pieces of a QoS 0 PUBLISH packet to `parts` (joined once for a whole batch)."""
+    name = topic.encode()
+    if not name or b"+" in name or b"#" in name or len(name) > 65535:
+        raise ValueError(f"cannot publish to topic {topic[:200]!r}")
+    size = 2 + len(name) + v5 + len(payload)  # topic, property length (MQTT 5), payload
+    first = PUBLISH | retain
+    # The remaining length, 7 bits a byte, least significant first (a risk message: two bytes).
+    if size < 128:
+        parts.append(bytes((first, size)))
+    elif size < 16_384:
+        parts.append(bytes((first, size & 0x7F | 0x80, size >> 7)))
+    else:
+        head = bytearray((first,))
+        while size:
+            byte, size = size & 0x7F, size >> 7
+            head.append(byte | 0x80 if size else byte)
+        parts.append(bytes(head))
+    parts += (len(name).to_bytes(2, "big"), name, b"\x00" if v5 else b"", payload)
 
 
 def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:

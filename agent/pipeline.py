@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -25,13 +25,13 @@ from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.names import valid_name
 from agent.risk import (
+    EmpiricalCdf,
     Level,
     LevelMachine,
     SurpriseTracker,
-    anomaly_probability,
     combine,
-    surprise_probability,
     top_channels,
+    update_surprise,
 )
 from agent.runtime import Runtime
 from agent.shadow import ShadowScorer, ShadowTransition
@@ -40,6 +40,9 @@ from agent.sparkplug.codec import ChannelMap
 from agent.spec import ModelSpec, Thresholds
 from agent.state import dump_asset, load_asset
 from agent.windows import AssetWindow, Update, cell_of
+
+if TYPE_CHECKING:  # agent.recorder imports pyarrow (~50 MiB), loaded only when [record] is on
+    from agent.recorder import Recorder
 
 
 class AssetState:
@@ -124,6 +127,7 @@ class Pipeline:
         self.commands: list[Command] = []   # rebirth requests (NCMD), QoS 0, not retained
         self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH made stale
         self.shadow: ShadowScorer | None = None
+        self.recorder: Recorder | None = None  # [record]: gets every accepted reading
         self._set_runtime(runtime)
 
     # -- model -------------------------------------------------------------------------------
@@ -138,11 +142,16 @@ class Pipeline:
         self.runtime = runtime
         self.spec = runtime.spec
         self.thresholds = self._thresholds(self.spec)
+        # The probability grids of this model, made once, not per window.
+        self._surprise_cdf = EmpiricalCdf(self.spec.surprise.quantiles)
+        self._anomaly_cdf = None if self.spec.anomaly is None else EmpiricalCdf(self.spec.anomaly.quantiles)
         self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
         self._cell_ts = float("nan")  # the period may have changed
         for i, host in self.hosts.items():
             sub = self.cfg.subscriptions[i]
             host.channels = ChannelMap(self.spec.channels, sub.channel_map, sub.scale, sub.offset)
+        if self.recorder is not None:
+            self.recorder.set_channels(self.spec.channels)
         self.metrics.set_model(self.spec.version, self.spec.created_at)
 
     def swap_model(self, runtime: Runtime) -> bool:
@@ -223,7 +232,14 @@ class Pipeline:
         w = st.window
         before = len(w.ready)
         outcomes: list[Update] = []
-        accepted = w.update_cell(cell, ts, chans, values, outcomes)
+        rec = self.recorder
+        skipped: list[int] | None = None if rec is None else []
+        accepted = w.update_cell(cell, ts, chans, values, outcomes, skipped)
+        if accepted and rec is not None:
+            if skipped:  # duplicates among them: record only the readings the window took
+                chans = [c for i, c in enumerate(chans) if i not in skipped]
+                values = [v for i, v in enumerate(values) if i not in skipped]
+            rec.add(asset, ts, chans, values)
         if outcomes:
             rejects.extend(Reason.LATE if o is Update.TOO_LATE else Reason.DUPLICATE for o in outcomes)
         if accepted:
@@ -251,6 +267,8 @@ class Pipeline:
                 reason = self._write(r, wall, mono, historical)
                 if reason is None:
                     accepted += 1
+                    if self.recorder is not None:
+                        self.recorder.add(r.asset, r.ts, [r.channel], [r.value])
                 else:
                     rejects.append(reason)
         self.commands += out.commands
@@ -419,7 +437,7 @@ class Pipeline:
         if not names:
             return out
         s = self.spec
-        raw = np.stack(xs)
+        raw = np.stack(xs).astype(np.float64, copy=False)  # windows come in the ring's dtype
         x = s.normalise(raw)
         t0 = time.perf_counter()
         outputs = self.runtime.infer(x)
@@ -430,24 +448,34 @@ class Pipeline:
             out.shadow = self.shadow.score(names, ends, list(out.input_ts), raw, [not h for h in history])
         self.metrics.inference_batch_size.observe(len(names))
         self.metrics.windows_inferred.inc(len(names))
+        states = [self.assets[a] for a in names]
+        n = len(names)
+        # The batch's arithmetic in a few numpy calls; per window only what decides.
+        per_channels: list[np.ndarray | None] = [None] * n
+        p_surprises: list[float | None] = [None] * n
+        if outputs.forecast_mean is not None and outputs.forecast_logvar is not None:
+            # Each tracker keeps its forecast until the next window: float32, as the model made
+            # it (a copy, so the batch's arrays are not held); compared in float64.
+            per_channels = update_surprise([st.surprise for st in states], ends,
+                                           x[:, -s.horizon :].astype(np.float64),
+                                           outputs.forecast_mean, outputs.forecast_logvar)
+            have = [i for i, pc in enumerate(per_channels) if pc is not None]
+            if have:
+                scores = np.mean(np.stack([per_channels[i] for i in have]), axis=1)  # type: ignore[misc]
+                for i, p in zip(have, self._surprise_cdf(scores).tolist(), strict=True):
+                    p_surprises[i] = p
+        nothing: list[float | None] = [None] * n
+        p_fails: list[float | None] = nothing if outputs.fail_prob is None else outputs.fail_prob.tolist()
+        # Remaining useful life in seconds of event time (the head predicts grid cells).
+        ruls: list[float | None] = (nothing if outputs.rul is None else
+                                    [round(v * s.period_s, 1) for v in outputs.rul.tolist()])
+        p_anomalies: list[float | None] = (
+            self._anomaly_cdf(outputs.anomaly_nll.astype(np.float64)).tolist()
+            if outputs.anomaly_nll is not None and self._anomaly_cdf is not None else nothing)
         for i, asset in enumerate(names):
-            st = self.assets[asset]
-            per_channel = None
-            p_surprise = None
-            if outputs.forecast_mean is not None and outputs.forecast_logvar is not None:
-                # The tracker keeps the forecast until the next window: float32, as the model
-                # made it (a copy, so the batch's arrays are not held); compared in float64.
-                per_channel = st.surprise.update(
-                    ends[i], x[i, -s.horizon :].astype(np.float64),
-                    outputs.forecast_mean[i].astype(np.float32),
-                    outputs.forecast_logvar[i].astype(np.float32))
-                if per_channel is not None:
-                    p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
-            p_fail = float(outputs.fail_prob[i]) if outputs.fail_prob is not None else None
-            # Remaining useful life in seconds of event time (the head predicts grid cells).
-            rul = round(float(outputs.rul[i]) * s.period_s, 1) if outputs.rul is not None else None
-            p_anomaly = (anomaly_probability(float(outputs.anomaly_nll[i]), s.anomaly)
-                         if outputs.anomaly_nll is not None and s.anomaly is not None else None)
+            st = states[i]
+            per_channel = per_channels[i]
+            p_surprise, p_fail, rul, p_anomaly = p_surprises[i], p_fails[i], ruls[i], p_anomalies[i]
             risk = combine(p_fail, p_surprise, s.combiner, p_anomaly)
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)

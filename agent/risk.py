@@ -8,6 +8,7 @@ the agent does.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -78,17 +79,100 @@ class SurpriseTracker:
         return self.ewma
 
 
+def update_surprise(trackers: Sequence[SurpriseTracker], ends: Sequence[int], tails: FloatArray,
+                    means: AnyFloatArray, logvars: AnyFloatArray) -> list[FloatArray | None]:
+    """`trackers[i].update(ends[i], tails[i], means[i], logvars[i])` for a batch, in order, with
+    the same results; the arithmetic runs once for the batch instead of once per window.
+
+    `tails`, `means` and `logvars` are [B, H, C]; each tracker keeps a float32 copy of its row
+    of the forecast. A tracker may appear more than once (several windows of one asset): its
+    rows are applied in batch order.
+    """
+    out: list[FloatArray | None] = [None] * len(trackers)
+    rounds: list[list[int]] = []  # rounds[r]: the rows that are some tracker's r-th in the batch
+    seen: dict[int, int] = {}
+    for i, tr in enumerate(trackers):
+        r = seen.get(id(tr), 0)
+        seen[id(tr)] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    for rows in rounds:
+        _surprise_round(trackers, ends, tails, means, logvars, rows, out)
+    return out
+
+
+def _surprise_round(trackers: Sequence[SurpriseTracker], ends: Sequence[int], tails: FloatArray,
+                    means: AnyFloatArray, logvars: AnyFloatArray, rows: list[int],
+                    out: list[FloatArray | None]) -> None:
+    """One round of `update_surprise`: rows of distinct trackers, each compared with its last
+    forecast in one pass per lag k (cells since that forecast), as `surprise_z2` would."""
+    horizon = tails.shape[1]
+    shape = means.shape[1:]
+    by_lag: dict[int, list[int]] = {}
+    keep = []  # rows whose new forecast is kept below
+    for i in rows:
+        tr = trackers[i]
+        if tr.mean is not None and tr.logvar is not None and (
+                tr.mean.shape != shape or tr.logvar.shape != shape or shape[0] != horizon):
+            # A forecast of another shape (restored under another model): this row on its own.
+            out[i] = tr.update(ends[i], tails[i], means[i].astype(np.float32), logvars[i].astype(np.float32))
+            continue
+        keep.append(i)
+        if tr.mean is None or tr.logvar is None or tr.forecast_cell < 0:
+            continue
+        k = ends[i] - tr.forecast_cell
+        if 1 <= k <= horizon:
+            by_lag.setdefault(k, []).append(i)
+        elif k > horizon:
+            tr.ewma = None  # a gap longer than the forecast: start afresh
+    for k, idx in by_lag.items():
+        mu = np.stack([trackers[i].mean for i in idx])[:, :k].astype(np.float64)  # type: ignore[misc]
+        lv = np.stack([trackers[i].logvar for i in idx])[:, :k].astype(np.float64)  # type: ignore[misc]
+        # Per row the very operations of `surprise_z2`: a mean over axis 1 of [n, k, C] sums the
+        # k cells in the same order as its mean over axis 0 of [k, C].
+        z2 = np.mean((tails[idx, horizon - k :] - mu) ** 2 * np.exp(-lv), axis=1)
+        finite = np.isfinite(z2).all(axis=1).tolist()
+        fresh = [j for j, i in enumerate(idx) if finite[j] and trackers[i].ewma is None]
+        going = [j for j, i in enumerate(idx) if finite[j] and trackers[i].ewma is not None]
+        for j in fresh:
+            trackers[idx[j]].ewma = z2[j].copy()  # a copy: the batch's array is not held
+        if going:
+            old = np.stack([trackers[idx[j]].ewma for j in going])  # type: ignore[misc]
+            alpha = np.array([[trackers[idx[j]].alpha] for j in going])
+            new = old + alpha * (z2[going] - old)
+            for n, j in enumerate(going):
+                trackers[idx[j]].ewma = new[n].copy()
+    for i in keep:
+        tr = trackers[i]
+        tr.forecast_cell = ends[i]
+        tr.mean, tr.logvar = means[i].astype(np.float32), logvars[i].astype(np.float32)
+        out[i] = tr.ewma
+
+
+class EmpiricalCdf:
+    """A healthy distribution's quantiles as a CDF: the probability grid made once (per model),
+    not per window; scores a whole batch in one call."""
+
+    __slots__ = ("probs", "q")
+
+    def __init__(self, quantiles: Sequence[float]) -> None:
+        self.q = np.asarray(quantiles, dtype=np.float64)
+        self.probs = np.linspace(0.0, 1.0, len(self.q))
+
+    def __call__(self, scores: FloatArray) -> FloatArray:
+        """Where each score falls, in [0, 1]."""
+        return np.asarray(np.interp(scores, self.q, self.probs, left=0.0, right=1.0), dtype=np.float64)
+
+
 def surprise_probability(score: float, stats: SurpriseStats) -> float:
     """Where `score` falls in the healthy distribution (empirical CDF), in [0, 1]."""
-    q = np.asarray(stats.quantiles)
-    probs = np.linspace(0.0, 1.0, len(q))
-    return float(np.interp(score, q, probs, left=0.0, right=1.0))
+    return float(EmpiricalCdf(stats.quantiles)(np.asarray(score, dtype=np.float64)))
 
 
 def anomaly_probability(score: float, stats: AnomalyStats) -> float:
     """Where a VAE anomaly score falls among healthy validation windows (empirical CDF), in [0, 1]."""
-    q = np.asarray(stats.quantiles)
-    return float(np.interp(score, q, np.linspace(0.0, 1.0, len(q)), left=0.0, right=1.0))
+    return float(EmpiricalCdf(stats.quantiles)(np.asarray(score, dtype=np.float64)))
 
 
 def _logit(p: float) -> float:

@@ -13,22 +13,30 @@ from collections.abc import Sequence
 class Filter:
     """One subscription filter (`+` one level, a final `#` any depth, the parent included)."""
 
-    __slots__ = ("_levels", "_multi", "_n")
+    __slots__ = ("_dollar", "_fixed", "_multi", "_n")
 
     def __init__(self, topic_filter: str) -> None:
         levels = topic_filter.split("/")
         self._multi = levels[-1] == "#"
-        self._levels = tuple(levels[:-1] if self._multi else levels)
-        self._n = len(self._levels)
+        if self._multi:
+            levels = levels[:-1]
+        self._n = len(levels)
+        # Only the levels that are not `+` need comparing (in `plant/+/+`, one).
+        self._fixed = tuple((i, level) for i, level in enumerate(levels) if level != "+")
+        # A wildcard at the first level never matches a `$SYS`-like topic.
+        self._dollar = not levels or levels[0] == "+"
 
     def matches(self, levels: Sequence[str]) -> bool:
         """Whether a topic, split at `/`, matches this filter (MQTT 3.1.1 section 4.7)."""
-        if len(levels) != self._n and not (self._multi and len(levels) >= self._n):
+        n = len(levels)
+        if n != self._n and not (self._multi and n >= self._n):
             return False
-        # A wildcard at the first level never matches a `$SYS`-like topic.
-        if levels and levels[0][:1] == "$" and (self._n == 0 or self._levels[0] == "+"):
+        if self._dollar and n and levels[0][:1] == "$":
             return False
-        return all(want in (got, "+") for want, got in zip(self._levels, levels, strict=False))
+        for i, want in self._fixed:  # noqa: SIM110 - `all(generator)` costs more than the match
+            if levels[i] != want:
+                return False
+        return True
 
 
 def first_match(filters: Sequence[tuple[int, Filter]], topic: str) -> int | None:

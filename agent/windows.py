@@ -125,7 +125,7 @@ class Closed:
     is not whole), and the event time of the newest reading in it."""
 
     end: int
-    window: FloatArray | None
+    window: npt.NDArray[np.floating[Any]] | None
     newest_ts: float
 
 
@@ -248,10 +248,11 @@ class AssetWindow:
         return Update.ACCEPTED
 
     def update_cell(self, cell: int, ts: float, channels: list[int], values: list[float],
-                    rejected: list[Update]) -> int:
+                    rejected: list[Update], rejected_at: list[int] | None = None) -> int:
         """`update` for readings of one cell and event time, in their order, with the same outcome.
 
-        Returns how many were accepted; the outcome of each rejected one goes to `rejected`.
+        Returns how many were accepted; the outcome of each rejected one goes to `rejected`,
+        and, given an empty `rejected_at`, its position in `channels` there (for recording).
         The cell's bookkeeping is done once rather than per reading.
         """
         if not channels:
@@ -264,6 +265,8 @@ class AssetWindow:
                     accepted += 1
                 else:
                     rejected.append(res)
+                    if rejected_at is not None:  # position = readings taken so far, either way
+                        rejected_at.append(accepted + len(rejected_at))
             return accepted
         if cell > self.newest:
             if self.newest > self.last_closed:
@@ -271,21 +274,36 @@ class AssetWindow:
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             rejected.extend([Update.TOO_LATE] * len(channels))
+            if rejected_at is not None:
+                rejected_at.extend(range(len(channels)))
             return 0
         elif cell < self.first:
             self.first = cell
         slot = cell % self.capacity
-        if self._c[slot] != cell:
+        fresh = self._c[slot] != cell
+        if fresh:
             self._clear(slot, cell)
         t, v, filled = self._t, self._v, self._filled
         n_channels = self.n_channels
         r = cell % self._span
         base_v, base_t = slot * n_channels, r * n_channels
+        if fresh and len(set(channels)) == len(channels):
+            # The cell's first readings, each channel once (a json-multi message): nothing is
+            # held to compare with, every one is taken, and the cell is whole at the last.
+            for channel, value in zip(channels, values, strict=True):
+                v[base_v + channel] = value
+                t[base_t + channel] = ts
+            filled[r] = len(channels)
+            if cell == self.newest and cell > self.last_closed and filled[r] == n_channels:
+                self._close(cell)
+            return len(channels)
         accepted = 0
         for channel, value in zip(channels, values, strict=True):
             held = t[base_t + channel]
             if ts == held:
                 rejected.append(Update.DUPLICATE)
+                if rejected_at is not None:
+                    rejected_at.append(accepted + len(rejected_at))
                 continue
             if ts > held:
                 v[base_v + channel] = value
@@ -340,8 +358,27 @@ class AssetWindow:
         out[self._cell[slots] != wanted] = np.nan
         return out
 
-    def extract(self, end: int) -> FloatArray | None:
-        """The filled window ending at cell `end`, or None if some cell in it is not whole."""
+    def extract(self, end: int) -> npt.NDArray[np.floating[Any]] | None:
+        """The filled window ending at cell `end`, or None if some cell in it is not whole.
+
+        In the ring's dtype (float32 for `last`) when every cell is held as it is; float64 when
+        cells had to be filled forward.
+        """
+        w, cap, n = self.window, self.capacity, self.n_channels
+        if end <= self.newest and end - w >= self.newest - cap:
+            # Every slot holds -1 or a cell of the last `capacity` (`_advance` clears a slot as
+            # the newest cell passes it), so the window's slots each hold -1 or the very cell
+            # wanted: no -1 means all are there. Two slices of the flat rings, no index arrays.
+            s0 = (end - w + 1) % cap
+            if s0 + w <= cap:
+                cells, values = self._c[s0 : s0 + w], self._v[s0 * n : (s0 + w) * n]
+            else:
+                cells = self._c[s0:] + self._c[: s0 + w - cap]
+                values = self._v[s0 * n :] + self._v[: (s0 + w - cap) * n]
+            if -1 not in cells:
+                tail = np.frombuffer(values, dtype=self._dtype).reshape(w, n)
+                if not np.isnan(tail).any():  # the common case: every cell held, nothing to fill
+                    return tail
         slots = self._tails[end % self.capacity]
         if (self._cell[slots] == np.arange(end - self.window + 1, end + 1)).all():
             tail = np.asarray(self._values[slots], dtype=np.float64)

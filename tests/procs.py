@@ -144,6 +144,17 @@ def running_agent(config: Path, http_port: int, log_path: Path) -> Iterator[Agen
         a.kill()
 
 
+def publish_all(port: int, messages: list[tuple[str, bytes]], client_id: str) -> None:
+    """Publish each (topic, payload) at QoS 1, in order, each acknowledged before the next."""
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    for topic, payload in messages:
+        pub.publish(topic, payload, qos=1).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+
+
 @dataclass
 class Capture:
     """A separate paho client that records every message on some topics."""

@@ -25,11 +25,13 @@ def test_complete_config_example_loads(tmp_path: Path) -> None:
 
 
 def test_every_toml_example_loads(tmp_path: Path) -> None:
-    """Every TOML example in the README is valid (fragments get a model path added)."""
+    """Every TOML example in the README is valid (fragments get a model path and a subscription)."""
     blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         text = block if "[model]" in block else '[model]\npath = "m.pt"\n\n' + block
+        if "[[subscriptions]]" not in text:
+            text += '\n[[subscriptions]]\nfilter = "p/+/+"\ntemplate = "p/{asset}/{channel}"\n'
         path = tmp_path / f"example{i}.toml"
         path.write_text(text)
         load_config(path, env={})

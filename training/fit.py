@@ -106,6 +106,8 @@ class FitOptions:
     huber_delta: float = 0.1
     val_fraction: float = 0.25
     test_fraction: float = 0.0
+    # Validation assets named outright (cross-validation folds); None: drawn by seed with val_fraction.
+    val_assets: tuple[str, ...] | None = None
     false_alarms_per_30_days: float = 1.0
     surprise_alpha: float = 0.1
     # LSTM-VAE anomaly scorer beside the forecaster, in the same file (docs/families.md).
@@ -184,9 +186,20 @@ def prepare(opts: FitOptions) -> Prepared:
     if len(ws) == 0:
         raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history")
     failing = {e.asset for e in events if e.event == "failure"}
-    split = split_by_asset(tuple(ws.assets), failing, opts.val_fraction, opts.seed, opts.test_fraction)
+    split = split_for(opts, tuple(ws.assets), failing)
     return Prepared(history, events, ws, split, ws.subset(split.mask(ws, "train")),
                     ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")))
+
+
+def split_for(opts: FitOptions, assets: tuple[str, ...], failing: set[str]) -> Split:
+    """The assets by split: the named validation assets and the rest, or a seeded split by asset."""
+    if opts.val_assets is None:
+        return split_by_asset(assets, failing, opts.val_fraction, opts.seed, opts.test_fraction)
+    val = frozenset(opts.val_assets)
+    if not val or not val < set(assets) or opts.test_fraction:
+        raise ValueError(f"val_assets must name some, not all, of the history's assets, without a test "
+                         f"fraction (unknown: {sorted(val - set(assets))})")
+    return Split(frozenset(assets) - val, val)
 
 
 @dataclass(frozen=True)
@@ -244,7 +257,7 @@ def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> Trai
         cache = GridCache.open(work)
     events = load_events(opts.events) if opts.events else []
     failing = {e.asset for e in events if e.event == "failure"}
-    split = split_by_asset(cache.names, failing, opts.val_fraction, opts.seed, opts.test_fraction)
+    split = split_for(opts, cache.names, failing)
     windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon, opts.max_gap, opts.pad_start)
     stats = dist.broadcast(ctx, fit_statistics(
         cache, sorted(split.train), events, windowing, regime_channels=_regime_index(opts, cache.channels),

@@ -6,7 +6,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,18 @@ class TestRfc3339:
         assert RFC3339_MS.match(text)
         assert abs(datetime.fromisoformat(text).timestamp() - ts) < 1e-3
 
+    @given(whole=st.integers(-86_400, 4_102_444_800),
+           frac=st.one_of(st.floats(0.0, 1.0, exclude_max=True),
+                          st.sampled_from([0.0005, 0.0009995, 0.9995, 0.999_999_4, 0.999_999_5, 0.999_999_6,
+                                           0.000_000_5, 0.123_456_5, 0.5])))
+    @settings(max_examples=500, deadline=None)
+    def test_same_text_as_datetime(self, whole: int, frac: float) -> None:
+        """The fast path gives exactly what datetime's isoformat gives, also where the microsecond
+        rounds up into the next millisecond or second."""
+        ts = whole + frac
+        want = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert rfc3339_ms(ts) == want
+
 
 class TestAlertId:
     def test_deterministic_uuid(self) -> None:
@@ -67,6 +79,8 @@ class TestEncode:
         assert encode({"a": 1, "b": [1.5]}) == b'{"a":1,"b":[1.5]}'
         with pytest.raises(ValueError):
             encode({"risk": float("nan")})
+        with pytest.raises(ValueError):
+            encode({"signals": {"rul": float("inf")}})
 
 
 class TestOutbox:

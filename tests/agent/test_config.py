@@ -192,3 +192,24 @@ class TestScaleOutConfig:
         assert s.topic_filter == "plant/+/+"
         with pytest.raises(ValueError, match="share"):
             SubscriptionConfig(filter="$share//plant/+/+", template="plant/{asset}/{channel}")
+
+
+class TestRecordConfig:
+    def test_off_by_default_and_beside_the_state(self, tmp_path: Path) -> None:
+        """Recording is off unless asked for; its folder defaults to `recording` in the state dir."""
+        cfg = load(tmp_path, MINIMAL + '\n[state]\ndir = "st"\n')
+        assert cfg.record.enabled is False
+        assert cfg.record_dir == tmp_path / "st" / "recording"
+
+    def test_relative_dir_is_taken_from_the_config_file(self, tmp_path: Path) -> None:
+        """A relative `[record] dir` is under the config file's folder, like the state dir."""
+        cfg = load(tmp_path, MINIMAL + '\n[record]\nenabled = true\ndir = "rec"\nmax_bytes = 1000000\n'
+                   'file_rows = 1000\nrotate_s = 30\n')
+        assert cfg.record.enabled and cfg.record_dir == tmp_path / "rec"
+        assert (cfg.record.max_bytes, cfg.record.file_rows, cfg.record.rotate_s) == (1_000_000, 1000, 30.0)
+
+    @pytest.mark.parametrize("line", ["max_bytes = 0", "file_rows = 0", "rotate_s = 0", "bogus = 1"])
+    def test_bad_values_name_the_key(self, tmp_path: Path, line: str) -> None:
+        """A bad `[record]` value is refused with the key in the message."""
+        msg = error_of(tmp_path, MINIMAL + f"\n[record]\n{line}\n")
+        assert f"record.{line.split()[0]}" in msg

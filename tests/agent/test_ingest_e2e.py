@@ -6,12 +6,10 @@ import json
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.broker import Broker, free_port, wait_until
-from tests.procs import metric, running_agent, write_agent_config
+from tests.procs import metric, publish_all, running_agent, write_agent_config
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +65,7 @@ def test_each_bad_form_counted_under_its_reason(trained: Path, broker: Broker, t
                 "name": 1, "asset_limit": 1}
     with running_agent(config, port, tmp_path / "agent.log") as agent:
         agent.wait_ready()
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bad-publisher")
-        pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
-        for topic, payload in sends:
-            pub.publish(topic, payload, qos=1).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
+        publish_all(broker.port, sends, "bad-publisher")
 
         def counted() -> bool:
             text = agent.scrape()

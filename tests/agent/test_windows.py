@@ -479,12 +479,13 @@ class TestFootprint:
 
 class TestFloat32Values:
     def test_last_rounds_a_value_once_to_float32(self) -> None:
-        """`last` keeps a value as float32 (what the model computes in); windows come out as
-        float64 holding that float32 value exactly."""
+        """`last` keeps a value as float32 (what the model computes in); a whole window comes
+        out as float32 holding that value exactly (half the memory while it waits to be scored;
+        the pipeline widens a batch to float64 in one go)."""
         w = AssetWindow(1, 1, max_gap=0, lateness=1)
         w.update(10, 0, 100.0, 0.1)
         x = w.extract(10)
-        assert x is not None and x.dtype == np.float64 and x[0, 0] == float(np.float32(0.1))
+        assert x is not None and x.dtype == np.float32 and x[0, 0] == np.float32(0.1)
 
     def test_precise_keeps_a_counter_exact(self) -> None:
         """A channel whose offset dwarfs its spread (a counter near 1e8 that moves by units)

@@ -3,6 +3,7 @@ give exactly what the plain path gives."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -14,12 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agent.app import Intake
+from agent.app import Intake, intake_nap_s
 from agent.config import AgentConfig, BrokerConfig, StateConfig, SubscriptionConfig, WindowsConfig
 from agent.config import ModelConfig as ModelSection
 from agent.ingest import MAX_ABS_VALUE, Reason, loads
 from agent.metrics import Metrics
 from agent.pipeline import Pipeline
+from agent.risk import SurpriseTracker, surprise_probability, update_surprise
 from agent.runtime import load_model
 from agent.windows import AssetWindow
 from tests.agent.conftest import CHANNELS, PERIOD_S, ModelFile
@@ -176,6 +178,10 @@ class TestIntake:
         assert [q.put((0, "t", b"", 0.0, float(i))) for i in range(5)] == [True, True, True, False, False]
         assert [m[4] for m in q.items] == [0.0, 1.0, 2.0]
 
+    def test_nap_is_a_quarter_of_the_latency_budget(self) -> None:
+        """The worker's nap follows `max_wait_ms` (a quarter of it), within 0.5 and 5 ms."""
+        assert [intake_nap_s(ms) for ms in (20.0, 8.0, 0.0, 1000.0)] == [0.005, 0.002, 0.0005, 0.005]
+
     def test_wait_times_out_empty(self) -> None:
         """With nothing put, `wait` returns False after its timeout (and 0 means do not wait)."""
         q = Intake(10, idle_s=0.0)
@@ -199,3 +205,91 @@ class TestIntake:
             worker.join(10)
             assert got == [float(i) for i in range(2_000)]
             assert sorted(lags)[len(lags) // 2] < 0.5  # woken, not left to time out
+
+
+# -- batched scoring -----------------------------------------------------------------------------
+
+def _tracker_state(tr: SurpriseTracker) -> tuple[Any, ...]:
+    def raw(a: np.ndarray | None) -> Any:
+        return None if a is None else (a.dtype.str, a.shape, a.tobytes())
+    return tr.forecast_cell, raw(tr.mean), raw(tr.logvar), raw(tr.ewma)
+
+
+_LOGVAR = st.one_of(st.floats(-3, 3), st.just(-800.0))  # exp(800) overflows: a non-finite z^2
+
+
+@st.composite
+def _surprise_batch(draw: st.DrawFn) -> tuple[list[SurpriseTracker], list[int], list[int], Any, Any, Any]:
+    """Trackers in every state (fresh, with a forecast, with an EWMA, with a forecast of another
+    horizon), and a batch whose rows pick them in any order, some more than once, at lags from
+    -1 to past the horizon."""
+    horizon, n_ch = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    trackers = []
+    for _ in range(draw(st.integers(1, 4))):
+        tr = SurpriseTracker(draw(st.sampled_from([0.2, 0.5, 1.0])))
+        kind = draw(st.sampled_from(["fresh", "forecast", "ewma", "ewma", "other_horizon"]))
+        if kind != "fresh":
+            h = horizon + 1 if kind == "other_horizon" else horizon
+            tr.forecast_cell = draw(st.integers(0, 5))
+            tr.mean = rng.normal(size=(h, n_ch)).astype(np.float32)
+            tr.logvar = rng.normal(size=(h, n_ch)).astype(np.float32)
+            if kind == "ewma":
+                tr.ewma = rng.exponential(size=n_ch)
+        trackers.append(tr)
+    rows = draw(st.lists(st.integers(0, len(trackers) - 1), min_size=1, max_size=12))
+    clock = {i: t.forecast_cell if t.forecast_cell >= 0 else 3 for i, t in enumerate(trackers)}
+    ends = []
+    for i in rows:
+        clock[i] += draw(st.sampled_from([-1, 0, 1, 1, 1, 2, horizon, horizon + 1, 7]))
+        ends.append(clock[i])
+    n = len(rows)
+    tails = rng.normal(size=(n, horizon, n_ch))
+    means = rng.normal(size=(n, horizon, n_ch)).astype(np.float32)
+    logvars = np.array(draw(st.lists(_LOGVAR, min_size=n * horizon * n_ch, max_size=n * horizon * n_ch)),
+                       dtype=np.float32).reshape(n, horizon, n_ch)
+    return trackers, rows, ends, tails, means, logvars
+
+
+class TestBatchedScoring:
+    @given(batch=_surprise_batch())
+    @settings(max_examples=300, deadline=None)
+    def test_update_surprise_is_update_in_order(self, batch: Any) -> None:
+        """`update_surprise` over a batch leaves every tracker, and returns for every row, exactly
+        (bit for bit) what `SurpriseTracker.update` called row by row does."""
+        trackers, rows, ends, tails, means, logvars = batch
+        plain = copy.deepcopy(trackers)
+        with np.errstate(over="ignore", invalid="ignore"):  # the non-finite forecasts, on purpose
+            want = [plain[t].update(e, tails[i], means[i].astype(np.float32), logvars[i].astype(np.float32))
+                    for i, (t, e) in enumerate(zip(rows, ends, strict=True))]
+            got = update_surprise([trackers[t] for t in rows], ends, tails, means, logvars)
+        assert [None if w is None else w.tobytes() for w in want] == [
+            None if g is None else g.tobytes() for g in got]
+        assert [_tracker_state(t) for t in trackers] == [_tracker_state(t) for t in plain]
+
+    def test_pipeline_scores_a_batch_as_one_window_at_a_time(self, tmp_path: Path,
+                                                              model_file: ModelFile) -> None:
+        """Each window's surprise probability in a batch is the one `surprise_probability` gives
+        for its tracker's smoothed score, as the per-window path computed it; the batch is scored
+        in float64 from float32 windows."""
+        cfg = _config(tmp_path, model_file.path, "last")
+        cfg = cfg.model_copy(update={"windows": cfg.windows.model_copy(update={"max_assets": 3})})
+        p = Pipeline(cfg, load_model(model_file.path), Metrics(CollectorRegistry()), wall=lambda: WALL)
+        rng = np.random.default_rng(5)
+        checked = 0
+        for k in range(40):
+            for asset in ("pump-1", "pump-2", "pump-3"):
+                values = dict(zip(CHANNELS, rng.normal(size=3).tolist(), strict=True))
+                doc = {"ts": T0 + k * PERIOD_S + 1.0, "values": values}
+                assert p.ingest(1, f"multi/{asset}", json.dumps(doc).encode(), WALL, 1.0)[0] == 3
+            out = p.run_batch(256)
+            assert out.inputs is None or out.inputs.dtype == np.float64
+            for r in out.risks:
+                ewma = p.assets[r.asset].surprise.ewma
+                if ewma is None:
+                    assert "surprise" not in r.doc["signals"]
+                    continue
+                want = surprise_probability(float(np.mean(ewma)), p.spec.surprise)
+                assert r.doc["signals"]["surprise"] == round(want, 6)
+                checked += 1
+        assert checked > 60
