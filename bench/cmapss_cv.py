@@ -67,14 +67,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--subset", default="FD001")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--data", type=Path, required=True, help="folder with train_FD00x.txt")
+    p.add_argument("--subset", default="FD001", help="FD001, FD002, FD003 or FD004")
+    p.add_argument("--folds", type=int, default=5, help="folds of the training engines (default 5)")
     p.add_argument("--only", type=int, nargs="*", help="run only these folds (0-based)")
     p.add_argument("--cuts", type=int, default=20, help="random cuts per held-out engine")
     p.add_argument("--seed", type=int, default=0, help="model seed")
     p.add_argument("--fold-seed", type=int, default=1234, help="seed of the fold assignment and cuts")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--set", dest="sets", action="append", default=[], help="preset override key=value")
     args = p.parse_args(argv)
     train = args.data / f"train_{args.subset}.txt"

@@ -251,7 +251,7 @@ def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> Trai
         raise ValueError("--stream reads long or wide histories; C-MAPSS files load in memory")
     if ctx.local_rank == 0:
         cache = build_cache(opts.history, work, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels,
-                            budget=opts.stream_budget)
+                            budget=opts.stream_budget, progress=opts.progress)
     dist.barrier(ctx)
     if ctx.local_rank != 0:
         cache = GridCache.open(work)

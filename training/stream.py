@@ -21,6 +21,7 @@ pass 1; one asset's history in pass 2 and whenever windows are built; never the 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from agent.errors import DataError
 from agent.spec import Normalisation
@@ -195,11 +197,11 @@ class _Spill:
 
 def build_cache(path: Path, work: Path, *, fmt: Format = "long", period_s: float | None = None,
                 channels: tuple[str, ...] | None = None, agg: Aggregation = "last",
-                budget: int = DEFAULT_BUDGET) -> GridCache:
+                budget: int = DEFAULT_BUDGET, progress: bool = False) -> GridCache:
     """Stream a history (file or folder) into a gridded cache in `work` (created; must be empty).
 
     Gives the cells `load_history` gives for the same arguments, holding at most `budget`
-    readings in memory at once while reading.
+    readings in memory at once while reading. `progress`: a bar per pass on stderr.
     """
     path = Path(path)
     if budget < 1:
@@ -212,9 +214,13 @@ def build_cache(path: Path, work: Path, *, fmt: Format = "long", period_s: float
     names = Names()
     spill = _Spill(work / "segments", budget)
     readings = 0
-    for chunk in read_coded(path, fmt, names):
-        spill.add(chunk)
-        readings += len(chunk)
+    # Minutes on a large history: say how far each pass is.
+    with tqdm(desc="reading history", unit=" readings", unit_scale=True, disable=not progress,
+              file=sys.stderr, leave=False) as bar:
+        for chunk in read_coded(path, fmt, names):
+            spill.add(chunk)
+            readings += len(chunk)
+            bar.update(len(chunk))
     spill.flush()
     t1 = time.monotonic()
     if not spill.pairs:
@@ -234,7 +240,8 @@ def build_cache(path: Path, work: Path, *, fmt: Format = "long", period_s: float
     entries = []
     offset = 0
     with (work / CELLS_FILE).open("wb") as out:
-        for name in kept:
+        for name in tqdm(kept, desc="gridding assets", unit=" assets", disable=not progress,
+                         file=sys.stderr, leave=False):
             ts, chan, values = readings_of(name)
             spill.segment(names.assets[name]).unlink()
             start, grid = to_grid(cells_of(ts, period_s), chan, values, ts, len(want), agg)

@@ -86,6 +86,15 @@ class TestSameWindows:
             np.testing.assert_allclose(s.x(every), m.x(every), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(s.y(every), m.y(every), rtol=1e-5, atol=1e-5)
 
+    def test_progress_names_both_passes(self, layouts: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+        """With progress on, stderr shows the reading pass and the gridding pass; off, nothing."""
+        build_cache(layouts["asset"][0], tmp_path / "quiet", budget=500)
+        assert capsys.readouterr().err == ""
+        build_cache(layouts["asset"][0], tmp_path / "w", budget=500, progress=True)
+        err = capsys.readouterr().err
+        assert "reading history" in err and "gridding assets" in err
+
     def test_cache_grids_like_load_history_and_reopens(self, layouts: dict[str, tuple[Path, Path]],
                                                       tmp_path: Path) -> None:
         """The cache holds load_history's grids, period and fingerprint; another process can open it."""
