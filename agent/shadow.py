@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from agent.config import AgentConfig
 from agent.errors import ModelError
-from agent.risk import Level, LevelMachine, SurpriseTracker, combine, surprise_probability
+from agent.risk import EmpiricalCdf, Level, LevelMachine, SurpriseTracker, combine
 from agent.runtime import Expected, Runtime, load_runtime
 
 FloatArray = npt.NDArray[np.float64]
@@ -44,6 +44,7 @@ class ShadowScorer:
         self.max_assets = max_assets
         self.levels: dict[str, LevelMachine] = {}
         self.surprise: dict[str, SurpriseTracker] = {}
+        self._surprise_cdf = EmpiricalCdf(self.spec.surprise.quantiles)  # once per model, as the pipeline
 
     def forget(self, asset: str) -> None:
         """The asset restarts (repair): its shadow level starts at ok again."""
@@ -70,7 +71,7 @@ class ShadowScorer:
                     ends[i], x[i, -s.horizon:].astype(np.float64), out.forecast_mean[i].astype(np.float32),
                     out.forecast_logvar[i].astype(np.float32))  # kept as float32, as in the pipeline
                 if per_channel is not None:
-                    p_surprise = surprise_probability(float(np.mean(per_channel)), s.surprise)
+                    p_surprise = float(self._surprise_cdf(np.asarray(np.mean(per_channel))))
             p_fail = float(out.fail_prob[i]) if out.fail_prob is not None else None
             risk = combine(p_fail, p_surprise, s.combiner)
             if risk != risk or not decide[i]:

@@ -15,14 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from agent.risk import (
-    Level,
-    LevelMachine,
-    SurpriseTracker,
-    anomaly_probability,
-    combine,
-    surprise_probability,
-)
+from agent.risk import EmpiricalCdf, Level, LevelMachine, SurpriseTracker, combine
 from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
 from training.labels import Inputs, WindowSet
 from training.model import Model
@@ -139,7 +132,7 @@ def fit_anomaly(scores: npt.NDArray[np.float32], healthy: npt.NDArray[np.bool_])
 
 
 def anomaly_probabilities(scores: npt.NDArray[np.float32], stats: AnomalyStats) -> FloatArray:
-    return np.array([anomaly_probability(float(s), stats) for s in scores])
+    return EmpiricalCdf(stats.quantiles)(scores.astype(np.float64))
 
 
 def fail_probabilities(logits: npt.NDArray[np.float32], temperature: float) -> FloatArray:
@@ -147,7 +140,10 @@ def fail_probabilities(logits: npt.NDArray[np.float32], temperature: float) -> F
 
 
 def surprise_probabilities(scores: FloatArray, stats: SurpriseStats) -> FloatArray:
-    return np.array([surprise_probability(s, stats) if np.isfinite(s) else np.nan for s in scores])
+    """The agent's surprise probability of every score at once (one grid, as the agent builds per model);
+    NaN where a window had no score."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isfinite(scores), EmpiricalCdf(stats.quantiles)(scores), np.nan)
 
 
 def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.NDArray[np.float32],
