@@ -14,7 +14,8 @@ list per asset), so every measured cell closes a window that is scored: inferenc
 
 Latency is measured live at half the sustained rate: readings stamped with their publish
 time, risk messages timed on arrival. Memory is the peak RSS (ru_maxrss, shutdown checkpoint
-included) of an agent holding 1,000 and 10,000 assets with scored windows, per runtime.
+included) of an agent holding 1,000 and 10,000 assets with scored windows, per runtime, beside
+its floor: a bare process that loads the same model with the same runtime and scores a batch.
 Start-up is process start to /readyz OK. The last line is one JSON object.
 """
 
@@ -510,6 +511,29 @@ def _run_memory(tmp: Path, broker: h.BenchBroker, capture: RiskCapture, model: P
             "rss_serving_mib": rss_running, "startup_s": agent.startup_s}
 
 
+FLOOR = """
+import sys
+from pathlib import Path
+import numpy as np
+if sys.argv[2] == "onnx":
+    from agent.runtime_onnx import load_onnx as load
+else:
+    from agent.runtime import load_model as load
+rt = load(Path(sys.argv[1]), threads=1)
+rt.infer(np.zeros((256, rt.spec.window, rt.spec.n_channels), dtype=np.float32))
+hwm = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
+print(int(hwm[0].split()[1]) / 1024.0)
+"""
+
+
+def runtime_floor(model: Path, runtime: str) -> float:
+    """Peak RSS (MiB) of a bare process that loads the model with the agent's runtime and scores
+    one batch of 256: what any agent on this machine pays before it holds a single asset."""
+    out = subprocess.run([sys.executable, "-c", FLOOR, str(model), runtime], check=True, capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 # -- the report --------------------------------------------------------------------------------
 
 def fmt(v: float) -> str:
@@ -591,11 +615,14 @@ def main() -> int:
             for rt, path in (("torchscript", models.torchscript), ("onnx", models.onnx)):
                 step(f"memory, {rt}, {n:,} assets")
                 mem[(rt, n)] = run_memory(tmp, path, rt, n)
-    return report(res, lat_single, lat_multi, mem, time.monotonic() - started, quick)
+        floors = {rt: runtime_floor(path, rt) for rt, path in (("torchscript", models.torchscript),
+                                                               ("onnx", models.onnx))}
+    return report(res, lat_single, lat_multi, mem, floors, time.monotonic() - started, quick)
 
 
 def report(res: dict[str, Result], lat_single: dict[str, Any], lat_multi: dict[str, Any],
-           mem: dict[tuple[str, int], dict[str, Any]], took: float, quick: bool) -> int:
+           mem: dict[tuple[str, int], dict[str, Any]], floors: dict[str, float], took: float,
+           quick: bool) -> int:
     lim = {"single": res["L_single_q0"], "multi": res["L_multi_q0"]}
     rows = [("run", "readings/CPU-s", "readings/s (wall)", "msgs/CPU-s", "windows/CPU-s",
              "vs L (same msgs, QoS)", "vs N")]
@@ -618,9 +645,11 @@ def report(res: dict[str, Result], lat_single: dict[str, Any], lat_multi: dict[s
                     f"{x['agent_p50_ms']:.1f} / {x['agent_p99_ms']:.1f}", f"{x['samples']}/{x['expected']}")
                    for x in (lat_single, lat_multi)]]))
     print()
-    print(table([("memory", "assets", "peak RSS MiB (with shutdown)", "peak RSS MiB (serving)", "start-up s"),
-                 *[(m["runtime"], fmt(m["assets"]), f"{m['peak_rss_mib']:.0f}",
-                    f"{m['rss_serving_mib']:.0f}", f"{m['startup_s']:.2f}") for m in mem.values()]]))
+    print(table([("memory", "assets", "peak RSS MiB (with shutdown)", "peak RSS MiB (serving)",
+                  "floor MiB (runtime + model, no agent)", "above floor", "start-up s"),
+                 *[(m["runtime"], fmt(m["assets"]), f"{m['peak_rss_mib']:.0f}", f"{m['rss_serving_mib']:.0f}",
+                    f"{floors[m['runtime']]:.0f}", f"{m['peak_rss_mib'] - floors[m['runtime']]:+.0f}",
+                    f"{m['startup_s']:.2f}") for m in mem.values()]]))
     single, multi = res["V_single_q0"], res["V_multi_q0"]
     summary = {
         "single_qos0_ratio_to_limit": round(single.messages / single.cpu_s
@@ -648,6 +677,8 @@ def report(res: dict[str, Result], lat_single: dict[str, Any], lat_multi: dict[s
         "rss_mib_1k_onnx": round(mem[("onnx", 1_000)]["peak_rss_mib"], 1),
         "rss_mib_10k_torchscript": round(mem[("torchscript", 10_000)]["peak_rss_mib"], 1),
         "rss_mib_10k_onnx": round(mem[("onnx", 10_000)]["peak_rss_mib"], 1),
+        "rss_mib_floor_torchscript": round(floors["torchscript"], 1),
+        "rss_mib_floor_onnx": round(floors["onnx"], 1),
         "startup_s": round(statistics.median(
             m["startup_s"] for m in mem.values() if m["runtime"] == "onnx"), 2),
         "startup_s_torchscript": round(statistics.median(
