@@ -87,7 +87,8 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         "mae": float(np.mean(np.abs(d))),
         # Validation engines run to failure: every window against the capped target.
         "val_rmse": summary["validation"].get("rul_rmse_all_windows", float("nan")),
-        "params": summary["params"], "train_seconds": seconds, "train_cpu_seconds": cpu,
+        "params": summary["params"], "members": len(summary.get("members", [])) or 1,
+        "train_seconds": seconds, "train_cpu_seconds": cpu,
         "epochs": summary["epochs_run"],
         "best_epoch": summary["best_epoch"], "regimes": summary["regimes"], "rul_cap": spec.rul_cap,
         "window": spec.window, "ms_per_window": ms_per_window(out, x, 1, 300),
@@ -103,6 +104,8 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
     if args.subset == "FD001":
         lines += [f"| {name} | {r:.2f} | {s:.1f} |" for name, r, s in ANCHORS]
     cell = (args.cell or "lstm").upper()
+    if rows[0]["members"] > 1:
+        cell = f"{rows[0]['members']} averaged {cell}s"
     lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "
                  f"**{agg['rmse']:.2f} ± {agg['rmse_sd']:.2f}** | "
                  f"**{agg['score']:.1f} ± {agg['score_sd']:.1f}** |")
