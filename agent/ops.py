@@ -287,13 +287,14 @@ class Operations:
         if key in self._seen or not self._takes(ev.asset):
             return fx  # a QoS 1 redelivery (already counted and written), or another agent's asset
         self._seen.append(key)
-        self.metrics.events.labels(ev.event).inc()
         try:
             self.events.append(ev)
         except OSError as exc:
             self.log.error("events_file_write_failed", error=str(exc), path=str(self.events.path))
         self.log.info("plant_event", asset=ev.asset, kind=ev.event, ts=rfc3339_ms(ev.ts),
                       work_order=ev.work_order)
+        # Counted once the line is on disk and logged, so whoever sees the count can read both.
+        self.metrics.events.labels(ev.event).inc()
         st = self._asset(ev.asset)
         self.dirty.add(ev.asset)
         if ev.event == "maintenance_start":
