@@ -4,7 +4,10 @@
 
 The training file's engines are shuffled (fixed seed) into K folds. For each fold, the preset
 (`training.fit.cmapss_options`, overridden by `--set key=value`) is fitted with that fold as
-its validation engines (they choose the epoch) and the others as training engines. Each
+its validation engines (they choose the epoch) and the others as training engines; with
+`--nested` the fold is taken out of the file altogether and the fit draws its own validation
+engines from the rest, as the benchmark does from the whole file (needed to judge `refit`,
+which trains on its validation engines too). Each
 held-out engine is then cut at `--cuts` random cycles, drawn like the test file (at least
 31 cycles observed, true RUL 7-145), and predicted from the window ending at the cut through
 the agent's runtime on the exported file: RMSE and NASA score against the uncapped truth,
@@ -54,6 +57,14 @@ def cuts(grids: dict[str, np.ndarray], names: list[str], n: int, window: int, se
     return np.stack(xs), np.asarray(truth, dtype=np.float64)
 
 
+def without(path: Path, engines: list[str], out: Path) -> Path:
+    """A copy of a C-MAPSS file without the named engines' rows."""
+    units = {int(e.rsplit("_", 1)[1]) for e in engines}
+    with path.open() as src, out.open("w") as dst:
+        dst.writelines(line for line in src if int(line.split()[0]) not in units)
+    return out
+
+
 def parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="model seed")
     p.add_argument("--fold-seed", type=int, default=1234, help="seed of the fold assignment and cuts")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--nested", action="store_true",
+                   help="hide the fold from the fit entirely; it splits off its own validation engines")
     p.add_argument("--set", dest="sets", action="append", default=[], help="preset override key=value")
     args = p.parse_args(argv)
     train = args.data / f"train_{args.subset}.txt"
@@ -89,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.only if args.only is not None else range(args.folds):
             out = Path(tmp) / f"fold{k}.pt"
-            opts = cmapss_options(train, out, seed=args.seed, threads=args.threads, progress=False,
-                                  val_assets=tuple(folds[k]), **overrides)
+            if args.nested:
+                history = without(train, folds[k], Path(tmp) / f"train_fold{k}.txt")
+                opts = cmapss_options(history, out, seed=args.seed, threads=args.threads, progress=False,
+                                      **overrides)
+            else:
+                opts = cmapss_options(train, out, seed=args.seed, threads=args.threads, progress=False,
+                                      val_assets=tuple(folds[k]), **overrides)
             t0 = time.monotonic()
             spec, summary = fit(opts)
             rt = load_model(out, threads=1)
@@ -108,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"best epoch {r['best_epoch']}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     # Pooled over all cuts of all folds: each fold has the same number of cuts.
     rmse = float(np.sqrt(np.mean([r["rmse"] ** 2 for r in rows])))
-    agg = {"subset": args.subset, "overrides": overrides, "folds": len(rows), "rmse": round(rmse, 3),
+    agg = {"subset": args.subset, "overrides": overrides, "nested": args.nested, "folds": len(rows),
+           "rmse": round(rmse, 3),
            "rmse_folds": [round(r["rmse"], 2) for r in rows],
            "score_per_100": round(statistics.mean(r["score_per_100"] for r in rows), 1),
            "bias": round(statistics.mean(r["bias"] for r in rows), 2), "params": rows[0]["params"],

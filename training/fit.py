@@ -23,11 +23,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor
 
 from agent.runtime import load_model
 from agent.spec import Combiner, ModelSpec, Normalisation, SurpriseStats
@@ -88,6 +89,9 @@ class FitOptions:
     cell: str = "lstm"
     smooth: float = 0.0
     members: int = 1
+    # After training and calibrating, train each member again on training and validation assets
+    # together for the epochs validation chose for it, and ship those (docs/training.md, Refit).
+    refit: bool = False
     hidden: int = 32
     layers: int = 1
     dropout: float = 0.0
@@ -219,6 +223,7 @@ class TrainingData:
     val: WindowSet
     test: WindowSet
     loader: dict[str, Any]    # streaming figures for the summary (empty in memory)
+    seen: WindowSource | None = None  # training and validation assets' windows together (for a refit)
 
 
 def _regime_index(opts: FitOptions, channels: tuple[str, ...]) -> tuple[int, ...]:
@@ -235,9 +240,10 @@ def in_memory(opts: FitOptions) -> TrainingData:
                              opts.seed)
     train = p.train.inputs(norm)
     rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
+    seen = MemorySource.of(p.ws.inputs(norm), sorted(p.split.train | p.split.val)) if opts.refit else None
     return TrainingData(p.history, p.events, p.split, norm, MemorySource.of(train, sorted(p.split.train)),
                         train, len(p.train), int(p.train.fail.sum()), rul, input_quantiles(p.train),
-                        p.val, p.test, {})
+                        p.val, p.test, {}, seen)
 
 
 def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> TrainingData:
@@ -249,6 +255,8 @@ def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> Trai
     """
     if opts.fmt == "cmapss":
         raise ValueError("--stream reads long or wide histories; C-MAPSS files load in memory")
+    if opts.refit:
+        raise ValueError("--refit needs the history in memory, not --stream")
     if ctx.local_rank == 0:
         cache = build_cache(opts.history, work, fmt=opts.fmt, period_s=opts.period_s, channels=opts.channels,
                             budget=opts.stream_budget, progress=opts.progress)
@@ -360,6 +368,21 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         results.append(result)
     model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
     result = results[0]
+    shipped: Forecaster | Ensemble = model
+    refits: list[TrainResult] = []
+    if opts.refit:
+        assert p.seen is not None
+        again = []
+        for k, first in enumerate(results):
+            # The same member (seed, schedule) on every asset it may learn from, stopped where
+            # validation stopped it: the choice was made on held-out assets, the weights see them all.
+            seed = opts.seed + 1000 * k
+            torch.manual_seed(seed)
+            member = Forecaster(mcfg)
+            refits.append(train(member, p.seen, val_data, replace(tcfg, seed=seed,
+                                run_epochs=max(first.best_epoch, 1), stop_after=0), mcfg.rul_cap, ctx=ctx))
+            again.append(member)
+        shipped = again[0] if len(again) == 1 else Ensemble(again).eval()
     if not ctx.is_writer:
         # Rank 0 calibrates, exports and writes the files; the others wait for what it returns.
         shared: tuple[ModelSpec, dict[str, Any]] = dist.broadcast(ctx, None)
@@ -369,7 +392,9 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
 
     cal.return_freed_arrays()  # from here on, large arrays over the validation windows
     val_anomaly = vae_scores(vae, val_data) if vae is not None else None
+    # Calibrated on validation assets by the model that never saw them; a refit inherits it.
     spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
+    cast(Tensor, shipped.temperature).copy_(cast(Tensor, model.temperature))
     heads = spec.heads
     val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
@@ -378,7 +403,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     spec = replace(spec, metrics={**flat(val_metrics), **gan_metrics},
                    input_quantiles=p.quantiles)
     probe = val_data.x(np.arange(min(len(p.val), 64)))
-    served: torch.nn.Module = model if vae is None else WithAnomaly(model, vae)
+    served: torch.nn.Module = shipped if vae is None else WithAnomaly(shipped, vae)
     spec = export(served, spec, probe, opts.out)
     load_model(opts.out)  # the agent's own checks: metadata, shapes, finite outputs
     summary: dict[str, Any] = {
@@ -389,6 +414,9 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
                      "best_val_score": round(r.best_score, 5)} for r in results],
+        # Validation figures above are the first fit's; the shipped members are these refits.
+        **({"refit": [{"epochs_run": r.epochs_run, "assets": len(p.split.train | p.split.val)}
+                      for r in refits]} if refits else {}),
         "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(served),

@@ -54,6 +54,9 @@ class TrainConfig:
     progress: bool = True
     # Stop after this many epochs in this run, checkpoint kept, to resume later (0: run to the end).
     stop_after: int = 0
+    # Train exactly this many epochs of the schedule (planned for `epochs`) and keep the last
+    # weights, with no choice on validation: a refit on all assets (0: early stopping).
+    run_epochs: int = 0
     # Each epoch deals the training assets to this many shards (training/shards.py): a multiple
     # of every number of processes that this run, and any resume of it, will use.
     shards: int = 8
@@ -203,8 +206,10 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
         state = ckpt.load(checkpoint, model, opt, sched, ema, asdict(cfg))
     result = TrainResult(model, state.best_score, state.epoch, state.best_epoch, True, state.curve)
     show = cfg.progress and ctx.is_writer
-    for ran, epoch in enumerate(range(state.epoch, cfg.epochs)):
-        if state.stale >= cfg.patience:
+    if not 0 <= cfg.run_epochs <= cfg.epochs:
+        raise ValueError(f"run_epochs must be within 0..epochs ({cfg.epochs}), got {cfg.run_epochs}")
+    for ran, epoch in enumerate(range(state.epoch, cfg.run_epochs or cfg.epochs)):
+        if state.stale >= cfg.patience and not cfg.run_epochs:
             break
         if cfg.stop_after and ran >= cfg.stop_after:
             result.finished = False
@@ -250,7 +255,10 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
             tqdm.write(f"epoch {epoch + 1}: train {row['train_loss']:.4f} "
                        + " ".join(f"{k} {v:.4f}" for k, v in val.items()), file=sys.stderr)
         score = val.get("val_rul_rmse", val["val_loss"]) if model.has_rul else val["val_loss"]
-        if score < state.best_score - 1e-4:
+        if cfg.run_epochs:
+            state.best_score, state.best_epoch = score, epoch + 1
+            state.best_state = copy.deepcopy(kept.state_dict())
+        elif score < state.best_score - 1e-4:
             state.best_score, state.best_epoch, state.stale = score, epoch + 1, 0
             state.best_state = copy.deepcopy(kept.state_dict())
         else:

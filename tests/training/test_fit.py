@@ -17,7 +17,7 @@ from tests.training.conftest import tiny_options
 from training import cli
 from training.evaluate import evaluate, evaluate_file
 from training.export import export
-from training.fit import cmapss_options, fit
+from training.fit import FitOptions, cmapss_options, fit
 from training.model import Forecaster, ModelConfig
 from training.report import render
 
@@ -186,3 +186,29 @@ class TestCli:
         assert cli.main(["inspect", str(junk)]) == 1
         err = capsys.readouterr().err
         assert err.startswith("vigil-train: error:") and "TorchScript" in err
+
+
+class TestRefit:
+    def test_refit_ships_members_retrained_on_validation_assets_too(self, tmp_path: Path) -> None:
+        """--refit trains each member again on all assets for the epochs validation chose, ships those,
+        and keeps the calibration the held-out fit made (the same as without --refit)."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 11)}, seed=0))
+        base = dict(window=10, hidden=8, epochs=3, windows_per_epoch=4000, members=2, threads=1,
+                    progress=False, val_fraction=0.3)
+        spec_a, plain = fit(cmapss_options(train, tmp_path / "a.pt", **base))
+        spec_b, refit = fit(cmapss_options(train, tmp_path / "b.pt", refit=True, **base))
+        assert refit["members"] == plain["members"]  # the first fit is the same run
+        assert [r["epochs_run"] for r in refit["refit"]] == [m["best_epoch"] for m in plain["members"]]
+        assert {r["assets"] for r in refit["refit"]} == {10}
+        assert spec_b.thresholds == spec_a.thresholds and refit["temperature"] == plain["temperature"]
+        assert json.dumps(refit["validation"]) == json.dumps(plain["validation"])  # NaN lead times alike
+        assert spec_b.version != spec_a.version
+        from training.cmapss import load_cmapss
+
+        grids = [s.grid for s in load_cmapss(train, channels=spec_a.channels).history.assets]
+        x = spec_a.normalise(np.stack([g[-10 - k:len(g) - k] for g in grids[:3] for k in (0, 15)]))
+        ra, rb = (load_model(tmp_path / f"{n}.pt").infer(x).fail_prob for n in "ab")  # RUL may clamp to 0
+        assert ra is not None and rb is not None and not np.allclose(ra, rb)
+        with pytest.raises(ValueError, match="in memory"):
+            fit(FitOptions(history=train, out=tmp_path / "s.pt", refit=True, stream=True))

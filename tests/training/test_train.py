@@ -56,6 +56,21 @@ class TestTrain:
         assert result.best_score == pytest.approx(best)
         assert 0 < best < 30
 
+    def test_run_epochs_keeps_the_last_weights_of_the_same_schedule(self) -> None:
+        """run_epochs=N trains the first N epochs of the schedule planned for `epochs`, exactly as a full
+        run does, and keeps the last weights whatever validation says (the refit of all assets)."""
+        tr, va = tiny_data()
+        full = train(new_model(), tr, va, CFG, 30.0)
+        short = train(new_model(), tr, va, replace(CFG, run_epochs=2), 30.0)
+        assert short.epochs_run == 2 and short.best_epoch == 2
+        assert [(r["train_loss"], r["lr"]) for r in short.curve] == [(r["train_loss"], r["lr"])
+                                                                     for r in full.curve[:2]]
+        assert short.best_score == short.curve[-1]["val_rul_rmse"]
+        worse_late = replace(CFG, run_epochs=4, patience=1, lr=0.5)  # would stop early without run_epochs
+        assert train(new_model(), tr, va, worse_late, 30.0).epochs_run == 4
+        with pytest.raises(ValueError, match="run_epochs"):
+            train(new_model(), tr, va, replace(CFG, run_epochs=5), 30.0)
+
 
 class TestCheckpoint:
     def test_resume_continues_the_same_run(self, tmp_path: Path) -> None:
