@@ -196,7 +196,7 @@ class TestRefit:
         train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 11)}, seed=0))
         base = dict(window=10, hidden=8, epochs=3, windows_per_epoch=4000, members=2, threads=1,
                     progress=False, val_fraction=0.3)
-        spec_a, plain = fit(cmapss_options(train, tmp_path / "a.pt", **base))
+        spec_a, plain = fit(cmapss_options(train, tmp_path / "a.pt", refit=False, **base))
         spec_b, refit = fit(cmapss_options(train, tmp_path / "b.pt", refit=True, **base))
         assert refit["members"] == plain["members"]  # the first fit is the same run
         assert [r["epochs_run"] for r in refit["refit"]] == [m["best_epoch"] for m in plain["members"]]
