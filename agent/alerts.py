@@ -202,8 +202,8 @@ class AlertSender:
         try:
             item_id = self.outbox.add(topic, payload)
         except (sqlite3.Error, OSError) as exc:
-            self.metrics.outbox_errors.inc()
             self.log.error("outbox_write_failed", error=str(exc), topic=topic)
+            self.metrics.outbox_errors.inc()
             self._hand(Pending(-1, topic, payload))  # best effort: not persisted, sent once
             return False
         if self.outbox.full:

@@ -518,10 +518,10 @@ class Agent:
                 result, why, fx = self.ops.command(cmd)
                 if result == "ignored":
                     continue
-                if not fx.promote:
-                    self.metrics.commands.labels(cmd.name, result).inc()
                 self.log.info("command", command=cmd.name, asset=cmd.asset, result=result, reason=why,
                               sender=cmd.sender, args={k: v for k, v in cmd.args.items() if v is not None})
+                if not fx.promote:  # counted after the log line, which a count's reader may look for
+                    self.metrics.commands.labels(cmd.name, result).inc()
                 if fx.promote:
                     self._promote.set()
                     self.watcher.poke.set()

@@ -293,8 +293,6 @@ class Operations:
             self.log.error("events_file_write_failed", error=str(exc), path=str(self.events.path))
         self.log.info("plant_event", asset=ev.asset, kind=ev.event, ts=rfc3339_ms(ev.ts),
                       work_order=ev.work_order)
-        # Counted once the line is on disk and logged, so whoever sees the count can read both.
-        self.metrics.events.labels(ev.event).inc()
         st = self._asset(ev.asset)
         self.dirty.add(ev.asset)
         if ev.event == "maintenance_start":
@@ -332,6 +330,9 @@ class Operations:
                 st.last_alert = doc
                 fx.messages.append(Outgoing(f"{self.prefix}/alerts/{ev.asset}", doc, "ok"))
         self._gauges()
+        # Counted last: whoever sees the count finds the event's line on disk, its log line and
+        # its effect on the books already there (tests and dashboards read them on the count).
+        self.metrics.events.labels(ev.event).inc()
         return fx
 
     # -- operator commands -------------------------------------------------------------------

@@ -248,13 +248,14 @@ class Recorder:
         except (OSError, pa.ArrowException) as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            self.metrics.record_dropped.labels("write_error").inc(b.rows)
             self.log.error("recording_write_failed", path=str(path), readings=b.rows, error=str(exc))
+            self.metrics.record_dropped.labels("write_error").inc(b.rows)
             return
         bisect.insort(self._files, (rel, size))
         self._bytes += size
-        self.metrics.record_readings.inc(b.rows)
         self._enforce_bound()
+        # Counted after the bound is kept and the gauges set, so the count never runs ahead of the disk.
+        self.metrics.record_readings.inc(b.rows)
 
     def _enforce_bound(self) -> None:
         """Delete the oldest files until the total is within `max_bytes`."""

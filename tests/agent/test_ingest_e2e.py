@@ -69,8 +69,10 @@ def test_each_bad_form_counted_under_its_reason(trained: Path, broker: Broker, t
 
         def counted() -> bool:
             text = agent.scrape()
-            return all(metric(text, "vigil_readings_rejected_total", f'reason="{r}"') == n
-                       for r, n in expected.items())
+            # The last message is accepted: wait for it too, not just for the rejections before it.
+            return metric(text, "vigil_readings_accepted_total") == 5 and all(
+                metric(text, "vigil_readings_rejected_total", f'reason="{r}"') == n
+                for r, n in expected.items())
         try:
             wait_until(counted, 15, what="every rejection counted")
         finally:

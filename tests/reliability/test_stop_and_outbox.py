@@ -70,8 +70,9 @@ def test_full_outbox_is_loud_and_risk_keeps_flowing(trained: Path, own_broker: B
             wait_until(lambda: http_get(agent.base + "/readyz")[0] == 503, 60, what="not ready")
             _code, body = http_get(agent.base + "/readyz")
             assert json.loads(body)["checks"]["outbox_not_full"] is False
-            assert (metric(agent.scrape(), "vigil_outbox_depth") or 0) >= 1
-            assert "outbox_full" in agent.log()
+            # /readyz sees the outbox full as the row lands; its gauge and log line follow it.
+            wait_until(lambda: (metric(agent.scrape(), "vigil_outbox_depth") or 0) >= 1
+                       and "outbox_full" in agent.log(), 10, what="outbox depth and outbox_full logged")
             seen = len(risk.messages)
             wait_until(lambda: len(risk.messages) > seen + 50, 10, what="risk still flowing")
         finally:
