@@ -325,6 +325,9 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     train_data, val_data = p.train, p.val.inputs(norm)
     if opts.augment not in ("none", "gan"):
         raise ValueError(f"augment must be none or gan, got {opts.augment!r}")
+    if opts.refit and opts.augment != "none":
+        raise ValueError("--refit does not go with --augment gan: the refit would train without "
+                         "the synthetic windows")
     augment: dict[str, Any] = {}
     if opts.augment == "gan":
         # Only the training split goes in: validation and test assets never reach the generator.

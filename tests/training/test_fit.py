@@ -212,3 +212,5 @@ class TestRefit:
         assert ra is not None and rb is not None and not np.allclose(ra, rb)
         with pytest.raises(ValueError, match="in memory"):
             fit(FitOptions(history=train, out=tmp_path / "s.pt", refit=True, stream=True))
+        with pytest.raises(ValueError, match="augment"):
+            fit(cmapss_options(train, tmp_path / "g.pt", augment="gan", **base))
