@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
                    help="train this many networks (own seeds) and average them in one file")
-    f.add_argument("--refit", action="store_true", default=None,
+    f.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after validation has chosen each member's epochs (and calibrated), train the "
                    "members again on training and validation assets together and ship those "
-                   "(docs/training.md)")
+                   "(docs/training.md; on in the cmapss preset: --no-refit turns it off)")
     f.add_argument("--vae", action="store_true", default=None,
                    help="add an LSTM-VAE anomaly scorer (trained on healthy windows) to the model file; "
                    "its signal joins the risk (docs/families.md)")

@@ -355,10 +355,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     members: list[Forecaster] = []
     results: list[TrainResult] = []
     for k in range(opts.members):
-        # Member k trains with seed + 1000 k (member 0: the run's own seed), on the same split.
-        seed = opts.seed + 1000 * k
-        torch.manual_seed(seed)
-        member = Forecaster(mcfg)
+        seed, member = _member(opts, mcfg, k)
         ck = opts.checkpoint
         if ck is not None and opts.members > 1:
             ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
@@ -369,23 +366,20 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                              f"resume with --resume --checkpoint {opts.checkpoint}")
         members.append(member)
         results.append(result)
-    model: Forecaster | Ensemble = members[0] if len(members) == 1 else Ensemble(members).eval()
+    model = _combined(members)
     result = results[0]
-    shipped: Forecaster | Ensemble = model
-    refits: list[TrainResult] = []
+    shipped, refits = model, list[TrainResult]()
     if opts.refit:
         assert p.seen is not None
         again = []
         for k, first in enumerate(results):
             # The same member (seed, schedule) on every asset it may learn from, stopped where
             # validation stopped it: the choice was made on held-out assets, the weights see them all.
-            seed = opts.seed + 1000 * k
-            torch.manual_seed(seed)
-            member = Forecaster(mcfg)
+            seed, member = _member(opts, mcfg, k)
             refits.append(train(member, p.seen, val_data, replace(tcfg, seed=seed,
                                 run_epochs=max(first.best_epoch, 1), stop_after=0), mcfg.rul_cap, ctx=ctx))
             again.append(member)
-        shipped = again[0] if len(again) == 1 else Ensemble(again).eval()
+        shipped = _combined(again)
     if not ctx.is_writer:
         # Rank 0 calibrates, exports and writes the files; the others wait for what it returns.
         shared: tuple[ModelSpec, dict[str, Any]] = dist.broadcast(ctx, None)
@@ -418,8 +412,8 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
                      "best_val_score": round(r.best_score, 5)} for r in results],
         # Validation figures above are the first fit's; the shipped members are these refits.
-        **({"refit": [{"epochs_run": r.epochs_run, "assets": len(p.split.train | p.split.val)}
-                      for r in refits]} if refits else {}),
+        **({"refit": {"assets": len(p.split.train | p.split.val),
+                      "epochs_run": [r.epochs_run for r in refits]}} if refits else {}),
         "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(served),
@@ -440,6 +434,17 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                title="Vigil model: validation assets")
     dist.broadcast(ctx, (spec, summary))
     return spec, summary
+
+
+def _member(opts: FitOptions, mcfg: ModelConfig, k: int) -> tuple[int, Forecaster]:
+    """Member k's seed (the run's seed + 1000 k; member 0: the run's own) and its fresh network."""
+    seed = opts.seed + 1000 * k
+    torch.manual_seed(seed)
+    return seed, Forecaster(mcfg)
+
+
+def _combined(members: list[Forecaster]) -> Forecaster | Ensemble:
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
 
 
 def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, norm: Any, val_data: Inputs,

@@ -208,7 +208,8 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
     show = cfg.progress and ctx.is_writer
     if not 0 <= cfg.run_epochs <= cfg.epochs:
         raise ValueError(f"run_epochs must be within 0..epochs ({cfg.epochs}), got {cfg.run_epochs}")
-    for ran, epoch in enumerate(range(state.epoch, cfg.run_epochs or cfg.epochs)):
+    last = cfg.run_epochs or cfg.epochs
+    for ran, epoch in enumerate(range(state.epoch, last)):
         if state.stale >= cfg.patience and not cfg.run_epochs:
             break
         if cfg.stop_after and ran >= cfg.stop_after:
@@ -218,7 +219,7 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         ep = plan.epoch(train_src, train_counts, epoch, ctx, rul_cap)
         model.train()
-        bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+        bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{last}", disable=not show,
                    file=sys.stderr, leave=False, unit="batch")
         total, seen, started = 0.0, 0.0, time.monotonic()
         for step in bar:

@@ -199,8 +199,7 @@ class TestRefit:
         spec_a, plain = fit(cmapss_options(train, tmp_path / "a.pt", refit=False, **base))
         spec_b, refit = fit(cmapss_options(train, tmp_path / "b.pt", refit=True, **base))
         assert refit["members"] == plain["members"]  # the first fit is the same run
-        assert [r["epochs_run"] for r in refit["refit"]] == [m["best_epoch"] for m in plain["members"]]
-        assert {r["assets"] for r in refit["refit"]} == {10}
+        assert refit["refit"] == {"assets": 10, "epochs_run": [m["best_epoch"] for m in plain["members"]]}
         assert spec_b.thresholds == spec_a.thresholds and refit["temperature"] == plain["temperature"]
         assert json.dumps(refit["validation"]) == json.dumps(plain["validation"])  # NaN lead times alike
         assert spec_b.version != spec_a.version
@@ -214,3 +213,11 @@ class TestRefit:
             fit(FitOptions(history=train, out=tmp_path / "s.pt", refit=True, stream=True))
         with pytest.raises(ValueError, match="augment"):
             fit(cmapss_options(train, tmp_path / "g.pt", augment="gan", **base))
+
+    def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
+        """The C-MAPSS preset refits; --no-refit keeps the first fit's members, --refit asks for it elsewhere."""
+        def refit(*extra: str) -> bool:
+            args = cli.build_parser().parse_args(["fit", "h.txt", "--out", "m.pt", *extra])
+            return bool(cli.fit_options(args).refit)
+        assert refit("--format", "cmapss") and not refit("--format", "cmapss", "--no-refit")
+        assert not refit() and refit("--refit")
