@@ -215,9 +215,9 @@ class TestRefit:
             fit(cmapss_options(train, tmp_path / "g.pt", augment="gan", **base))
 
     def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
-        """The C-MAPSS preset refits; --no-refit keeps the first fit's members, --refit asks for it elsewhere."""
+        """The C-MAPSS preset refits; --no-refit keeps the first fit's members; --refit asks for it."""
         def refit(*extra: str) -> bool:
-            args = cli.build_parser().parse_args(["fit", "h.txt", "--out", "m.pt", *extra])
+            args = cli.build_parser().parse_args(["fit", "--history", "h.txt", "--out", "m.pt", *extra])
             return bool(cli.fit_options(args).refit)
         assert refit("--format", "cmapss") and not refit("--format", "cmapss", "--no-refit")
         assert not refit() and refit("--refit")
