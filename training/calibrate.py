@@ -174,10 +174,10 @@ def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.
         w = torch.nn.functional.softplus(raw_w)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(feats @ w + bias, y)
         loss = loss + 1e-3 * (w**2).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's stub lacks annotations
         return loss
 
-    opt.step(closure)
+    opt.step(closure)  # type: ignore[no-untyped-call]
     w = torch.nn.functional.softplus(raw_w).detach().numpy()
     return Combiner(float(w[0]), float(w[1]), float(bias.detach()[0]),
                     float(w[2]) if p_anomaly is not None else 0.0)

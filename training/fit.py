@@ -393,7 +393,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
     cast(Tensor, shipped.temperature).copy_(cast(Tensor, model.temperature))
     heads = spec.heads
-    val_scored = score(pred, float(model.temperature), spec, val_data, p.events)
+    val_scored = score(pred, float(cast(Tensor, model.temperature)), spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
     gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
                    if k in ("windows", "spread_ratio", "nn_ratio")}
@@ -414,7 +414,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         # Validation figures above are the first fit's; the shipped members are these refits.
         **({"refit": {"assets": len(p.split.train | p.split.val),
                       "epochs_run": [r.epochs_run for r in refits]}} if refits else {}),
-        "temperature": float(model.temperature), "thresholds": asdict(spec.thresholds),
+        "temperature": float(cast(Tensor, model.temperature)), "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(served),
         **({"vae": vae_summary} if vae is not None else {}),
@@ -456,9 +456,10 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
     """
     val_ws = val_data.ws
     pred = cal.predict(model, val_data)
+    temperature = cast(Tensor, model.temperature)  # a buffer
     if model.has_fail:
-        model.temperature.fill_(cal.fit_temperature(pred.logit, val_ws.fail))
-    pf = cal.fail_probabilities(pred.logit, float(model.temperature)) if model.has_fail else None
+        temperature.fill_(cal.fit_temperature(pred.logit, val_ws.fail))
+    pf = cal.fail_probabilities(pred.logit, float(temperature)) if model.has_fail else None
     anomaly_stats, pa = None, None
     if anomaly is not None:
         pred = replace(pred, anomaly=anomaly)

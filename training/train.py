@@ -234,7 +234,7 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
             # Each process's loss is its rows' share of the global mean; DDP averages gradients
             # over processes, so scaling by their number gives the gradient of the global mean.
             scaled: Tensor = loss * ctx.world
-            scaled.backward()
+            scaled.backward()  # type: ignore[no-untyped-call]  # torch's stub lacks annotations
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
