@@ -7,10 +7,13 @@ import json
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import VigilError
 from training.data import FORMATS
+
+if TYPE_CHECKING:
+    from agent.spec import ModelSpec
 
 
 def _positive_int(text: str) -> int:
@@ -152,7 +155,7 @@ def fit_options(args: argparse.Namespace) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from training.distributed import session
+    from training.distributed import leave, session
     from training.fit import fit
 
     opts = fit_options(args)
@@ -163,8 +166,15 @@ def _fit(args: argparse.Namespace) -> int:
     # Under torchrun this process joins the run (DDP); on its own it trains alone.
     with session() as ctx:
         spec, summary = fit(opts, ctx)
-    if not ctx.is_writer:
-        return 0
+    if ctx.is_writer:
+        _finish_fit(args, spec, summary)
+    if ctx.active:
+        leave(0)  # not through Python's shutdown, where a gloo thread can abort the process
+    return 0
+
+
+def _finish_fit(args: argparse.Namespace, spec: ModelSpec, summary: dict[str, Any]) -> None:
+    """The writer's last steps: the ONNX copy if asked, and the one-line JSON result."""
     extra: dict[str, Any] = {}
     if args.onnx:
         from training.export import export_onnx_beside
@@ -174,7 +184,6 @@ def _fit(args: argparse.Namespace) -> int:
                       "validation": summary["validation"], "thresholds": summary["thresholds"],
                       **({"test": summary["test"]} if "test" in summary else {}),
                       **({"augment": summary["augment"]} if "augment" in summary else {})}))
-    return 0
 
 
 def _require_onnx() -> None:

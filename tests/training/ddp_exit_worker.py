@@ -1,12 +1,16 @@
-"""One of two processes that train a tiny LSTM under DDP and exit straight after the session.
+r"""One of two processes that train a tiny LSTM under DDP and leave as `vigil-train fit` does.
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/training/ddp_exit_worker.py
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p \
+        python tests/training/ddp_exit_worker.py [--shutdown]
 
 Started by tests/training/test_ddp.py, which asserts that both exit 0: the exit right after
-DDP's last collectives is where a gloo worker thread could abort the process.
+DDP's last collectives is where a gloo worker thread can abort the process. `--shutdown`
+exits through Python's shutdown instead of `training.distributed.leave` (the test's control).
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -33,3 +37,5 @@ if __name__ == "__main__":
     with dist.session() as session_ctx:
         for _ in range(3):
             train(session_ctx, 100)
+    if "--shutdown" not in sys.argv:
+        dist.leave(0)

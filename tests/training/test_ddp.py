@@ -120,11 +120,11 @@ class TestDraws:
 
 
 def test_processes_exit_cleanly_after_ddp() -> None:
-    """Both processes of a short DDP run exit 0, not aborted by a gloo thread at shutdown.
+    """Both processes of a short DDP run, leaving as `vigil-train fit` does, exit 0.
 
-    Before the session's closing barrier about one launch in four aborted (SIGABRT,
-    "terminate called without an active exception"), so four launches catch that about
-    two times in three.
+    Through Python's shutdown about one launch in four aborted (SIGABRT, "terminate called
+    without an active exception", a gloo thread torn down; the worker's --shutdown shows it),
+    so four launches would catch a return to that about two times in three.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
            "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}
