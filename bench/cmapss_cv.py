@@ -39,9 +39,12 @@ from training.fit import cmapss_options, fit
 MIN_OBSERVED, MIN_RUL, MAX_RUL = 31, 7, 145  # the test file's ranges (FD001 README)
 
 
-def cuts(grids: dict[str, np.ndarray], names: list[str], n: int, window: int, seed: int
+def cuts(grids: dict[str, np.ndarray], names: list[str], n: int, window: int, seed: int, back: int = 0
          ) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ending at `n` random cuts of each named engine (padded with its first cycle), true RULs."""
+    """Windows ending at `n` random cuts of each named engine (padded with its first cycle), true RULs.
+
+    `back` k > 0: the windows end k cycles before the same cuts (the truths stay the cuts').
+    """
     rng = np.random.default_rng(seed)
     xs, truth = [], []
     for name in names:
@@ -49,7 +52,8 @@ def cuts(grids: dict[str, np.ndarray], names: list[str], n: int, window: int, se
         life = len(g)  # the engine fails at its last cycle
         lo, hi = max(MIN_OBSERVED, life - MAX_RUL), life - MIN_RUL
         for c in rng.integers(lo, hi + 1, size=n):  # c cycles observed, RUL life - c
-            w = g[max(0, c - window):c]
+            end = c - back
+            w = g[max(0, end - window):end]
             if len(w) < window:
                 w = np.concatenate([np.repeat(w[:1], window - len(w), axis=0), w])
             xs.append(w)
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--nested", action="store_true",
                    help="hide the fold from the fit entirely; it splits off its own validation engines")
+    p.add_argument("--average", type=int, default=1,
+                   help="also score the mean of the last K windows' RULs, each less its age (K > 1)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="preset override key=value")
     args = p.parse_args(argv)
     train = args.data / f"train_{args.subset}.txt"
@@ -116,11 +122,34 @@ def main(argv: list[str] | None = None) -> int:
             pred = rt.infer(rt.spec.normalise(x)).rul
             assert pred is not None
             d = pred.astype(np.float64) - truth
-            rows.append({"fold": k, "rmse": float(np.sqrt(np.mean(d**2))),
+            extra: dict[str, float] = {}
+            if args.average > 1:
+                # Each earlier window's RUL, less the cycles since it ended, predicts the cut's.
+                # On the plateau (near the cap) an old window says only "at least", so the
+                # second form keeps such a prediction as it is instead of ageing it.
+                olds, kept = [pred.astype(np.float64)], [pred.astype(np.float64)]
+                for back in range(1, args.average):
+                    xb, _ = cuts(grids, folds[k], args.cuts, spec.window, args.fold_seed + k, back)
+                    rb = rt.infer(rt.spec.normalise(xb)).rul
+                    assert rb is not None
+                    rb = rb.astype(np.float64)
+                    olds.append(rb - back)
+                    kept.append(np.where(rb >= 0.95 * opts.rul_cap, rb, rb - back))
+                avg, avg_kept = np.mean(olds, axis=0), np.mean(kept, axis=0)
+                extra = {"rmse_avg": float(np.sqrt(np.mean((avg - truth) ** 2))),
+                         "score_avg_per_100": nasa_score(avg, truth) * 100.0 / len(truth),
+                         "rmse_avg_kept": float(np.sqrt(np.mean((avg_kept - truth) ** 2))),
+                         "score_avg_kept_per_100": nasa_score(avg_kept, truth) * 100.0 / len(truth)}
+            rows.append({"fold": k, **extra, "rmse": float(np.sqrt(np.mean(d**2))),
                          "score_per_100": nasa_score(pred, truth) * 100.0 / len(truth),
                          "bias": float(np.mean(d)), "best_epoch": summary["best_epoch"],
                          "seconds": round(time.monotonic() - t0, 1), "params": summary["params"]})
             r = rows[-1]
+            if extra:
+                print(f"fold {k}: mean of the last {args.average} windows: RMSE {extra['rmse_avg']:.2f}, "
+                      f"score/100 {extra['score_avg_per_100']:.0f}; plateau kept: RMSE "
+                      f"{extra['rmse_avg_kept']:.2f}, score/100 {extra['score_avg_kept_per_100']:.0f}",
+                      file=sys.stderr, flush=True)
             print(f"fold {k}: RMSE {r['rmse']:.2f}, score/100 {r['score_per_100']:.0f}, "
                   f"bias {r['bias']:+.1f}, "
                   f"best epoch {r['best_epoch']}, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
@@ -132,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
            "score_per_100": round(statistics.mean(r["score_per_100"] for r in rows), 1),
            "bias": round(statistics.mean(r["bias"] for r in rows), 2), "params": rows[0]["params"],
            "seconds": round(sum(r["seconds"] for r in rows), 1)}
+    if args.average > 1:
+        agg["average"] = args.average
+        for key in ("avg", "avg_kept"):
+            agg[f"rmse_{key}"] = round(float(np.sqrt(np.mean([r[f"rmse_{key}"] ** 2 for r in rows]))), 3)
+            agg[f"score_{key}_per_100"] = round(statistics.mean(r[f"score_{key}_per_100"] for r in rows), 1)
     print(json.dumps(agg))
     return 0
 
