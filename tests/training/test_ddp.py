@@ -133,9 +133,15 @@ def test_processes_exit_cleanly_after_ddp() -> None:
         procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "training" / "ddp_exit_worker.py")],
                                   env={**env, "MASTER_PORT": port, "RANK": str(r), "LOCAL_RANK": str(r)},
                                   stderr=subprocess.PIPE, text=True) for r in range(2)]
-        for r, proc in enumerate(procs):
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, f"launch {launch}, rank {r}: exit {proc.returncode}\n{err[-2000:]}"
+        try:
+            for r, proc in enumerate(procs):
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, f"launch {launch}, rank {r}: {proc.returncode}\n{err[-2000:]}"
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 @pytest.fixture(scope="module")
