@@ -155,7 +155,7 @@ def fit_options(args: argparse.Namespace) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from training.distributed import leave, session
+    from training.distributed import session
     from training.fit import fit
 
     opts = fit_options(args)
@@ -168,8 +168,6 @@ def _fit(args: argparse.Namespace) -> int:
         spec, summary = fit(opts, ctx)
     if ctx.is_writer:
         _finish_fit(args, spec, summary)
-    if ctx.active:
-        leave(0)  # not through Python's shutdown, where a gloo thread can abort the process
     return 0
 
 
@@ -222,13 +220,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"fit": _fit, "evaluate": _evaluate, "inspect": _inspect}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except (VigilError, ValueError, OSError) as exc:
         print(f"vigil-train: error: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
         print("vigil-train: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if args.command == "fit":
+        _leave_if_distributed(code)
+    return code
+
+
+def _leave_if_distributed(code: int) -> None:
+    """Under torchrun, exit now, done or failed, rather than through Python's shutdown.
+
+    There a gloo thread still releasing a finished collective can abort the process
+    (`training.distributed.leave` says how), turning exit 0 or 1 into SIGABRT.
+    """
+    from training.distributed import from_env, leave
+
+    try:
+        ctx, _ = from_env()
+    except ValueError:  # torchrun's variables are bad: no group was ever joined
+        return
+    if ctx.active:
+        leave(code)
 
 
 if __name__ == "__main__":

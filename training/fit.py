@@ -391,9 +391,10 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     val_anomaly = vae_scores(vae, val_data) if vae is not None else None
     # Calibrated on validation assets by the model that never saw them; a refit inherits it.
     spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
-    cast(Tensor, shipped.temperature).copy_(cast(Tensor, model.temperature))
+    temperature = float(cast(Tensor, model.temperature))  # a buffer: the type checker sees Tensor | Module
+    cast(Tensor, shipped.temperature).fill_(temperature)
     heads = spec.heads
-    val_scored = score(pred, float(cast(Tensor, model.temperature)), spec, val_data, p.events)
+    val_scored = score(pred, temperature, spec, val_data, p.events)
     val_metrics = metrics_of(val_scored, p.val, spec)
     gan_metrics = {f"gan_{k}": float(v) for k, v in augment.items()
                    if k in ("windows", "spread_ratio", "nn_ratio")}
@@ -414,7 +415,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         # Validation figures above are the first fit's; the shipped members are these refits.
         **({"refit": {"assets": len(p.split.train | p.split.val),
                       "epochs_run": [r.epochs_run for r in refits]}} if refits else {}),
-        "temperature": float(cast(Tensor, model.temperature)), "thresholds": asdict(spec.thresholds),
+        "temperature": temperature, "thresholds": asdict(spec.thresholds),
         "combiner": asdict(spec.combiner), "validation": val_metrics,
         "train_seconds": round(train_seconds, 1), "params": n_params(served),
         **({"vae": vae_summary} if vae is not None else {}),

@@ -5,7 +5,8 @@ r"""One of two processes that train a tiny LSTM under DDP and leave as `vigil-tr
 
 Started by tests/training/test_ddp.py, which asserts that both exit 0: the exit right after
 DDP's last collectives is where a gloo worker thread can abort the process. `--shutdown`
-exits through Python's shutdown instead of `training.distributed.leave` (the test's control).
+exits through Python's shutdown instead of `training.distributed.leave`, which reproduces the
+abort by hand (about one launch in four).
 """
 
 from __future__ import annotations

@@ -144,6 +144,31 @@ def test_processes_exit_cleanly_after_ddp() -> None:
                     proc.wait()
 
 
+def test_a_failed_fit_under_ddp_exits_1_with_its_error(small_history: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """`vigil-train fit` that fails inside the process group: both processes print the error
+    and exit with its code 1 through `distributed.leave` (which must carry the code), and no
+    model file is left."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    cmd = [sys.executable, "-m", "training", "fit", "--history", str(small_history[0]), "--events",
+           str(small_history[1]), "--window", "12", "--horizon", "2", "--hidden", "8", "--epochs", "1",
+           "--threads", "1", "--shards", "3", "--quiet", "--out", str(tmp_path / "m.pt")]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        for r, proc in enumerate(procs):
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 1, f"rank {r}: {proc.returncode}\n{err[-2000:]}"
+            assert "vigil-train: error: --shards 3 is not a multiple of the 2 processes" in err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (tmp_path / "m.pt").exists()
+
+
 @pytest.fixture(scope="module")
 def two_processes(small_history: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
                   ) -> tuple[Path, list[dict[str, Any]], str]:
