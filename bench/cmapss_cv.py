@@ -12,6 +12,7 @@ held-out engine is then cut at `--cuts` random cycles, drawn like the test file 
 31 cycles observed, true RUL 7-145), and predicted from the window ending at the cut through
 the agent's runtime on the exported file: RMSE and NASA score against the uncapped truth,
 the test protocol on engines the model never trained on. The test file is never read.
+`--save DIR` keeps each fold's cut predictions for `bench/cmapss_diagnose.py`.
 Last line: one JSON object.
 """
 
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="hide the fold from the fit entirely; it splits off its own validation engines")
     p.add_argument("--average", type=int, default=1,
                    help="also score the mean of the last K windows' RULs, each less its age (K > 1)")
+    p.add_argument("--save", type=Path,
+                   help="folder to write each fold's cut predictions and truths to (fold<k>.npz)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="preset override key=value")
     args = p.parse_args(argv)
     train = args.data / f"train_{args.subset}.txt"
@@ -122,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             pred = rt.infer(rt.spec.normalise(x)).rul
             assert pred is not None
             d = pred.astype(np.float64) - truth
+            if args.save is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                np.savez(args.save / f"fold{k}.npz", pred=pred, truth=truth,
+                         engines=np.repeat(folds[k], args.cuts),
+                         life=np.repeat([len(grids[e]) for e in folds[k]], args.cuts))
             extra: dict[str, float] = {}
             if args.average > 1:
                 # Each earlier window's RUL, less the cycles since it ended, predicts the cut's.
