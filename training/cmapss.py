@@ -25,8 +25,12 @@ CHANNELS = OP_SETTINGS + tuple(f"sensor_{i}" for i in range(1, 22))
 # The 14 sensors that vary in FD001 (Saxena et al.'s T24 T30 T50 P30 Nf Nc Ps30 phi NRf NRc
 # BPR htBleed W31 W32); most papers use them on every subset.
 INFORMATIVE_SENSORS = tuple(f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21))
-# The model's default inputs: the operating settings (which name the regime) and those sensors.
-DEFAULT_CHANNELS = OP_SETTINGS + INFORMATIVE_SENSORS
+# The cycle counter can be picked as a channel too: the engine's age, as a plant's running-hours
+# meter gives a machine's. At one level of wear, a young engine is wearing fast and an old one
+# slowly; without its age the model predicts short lives late and long lives early (session 7).
+CYCLE = "cycle"
+# The model's default inputs: the operating settings (which name the regime), those sensors, the age.
+DEFAULT_CHANNELS = OP_SETTINGS + INFORMATIVE_SENSORS + (CYCLE,)
 N_COLUMNS = 2 + len(CHANNELS)
 CHUNK_LINES = 50_000
 
@@ -108,7 +112,8 @@ def load_cmapss(path: Path, rul_path: Path | None = None,
     """Read a C-MAPSS train or test file.
 
     A `test_` file needs its RUL file (`rul_path`, or `RUL_...` beside it); every other
-    file is taken as run-to-failure. `channels` picks and orders columns (default: all 24).
+    file is taken as run-to-failure. `channels` picks and orders columns (default: the 24 after
+    `cycle`, which can be picked too: the engine's age).
     """
     path = Path(path)
     if not path.exists():
@@ -118,10 +123,10 @@ def load_cmapss(path: Path, rul_path: Path | None = None,
             raise DataError(f"{path}: a C-MAPSS test file needs its RUL file ({guess.name}); pass --rul")
         rul_path = guess
     want = CHANNELS if channels is None else tuple(channels)
-    unknown = [c for c in want if c not in CHANNELS]
+    unknown = [c for c in want if c not in (CYCLE, *CHANNELS)]
     if unknown:
-        raise DataError(f"{path}: {unknown} are not C-MAPSS columns ({', '.join(CHANNELS)})")
-    cols = [2 + CHANNELS.index(c) for c in want]
+        raise DataError(f"{path}: {unknown} are not C-MAPSS columns ({', '.join((CYCLE, *CHANNELS))})")
+    cols = [1 if c == CYCLE else 2 + CHANNELS.index(c) for c in want]
     series: list[AssetSeries] = []
     last: dict[int, int] = {}
     rows: dict[int, list[npt.NDArray[np.float64]]] = {}

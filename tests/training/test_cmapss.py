@@ -44,7 +44,12 @@ class TestLoadCmapss:
         h = load_cmapss(f, channels=("sensor_2", "op_setting_1")).history
         assert h.channels == ("sensor_2", "op_setting_1")
         assert h.assets[0].grid[0].tolist() == [4.0, 0.0]
-        assert len(DEFAULT_CHANNELS) == 17
+        # The cycle counter is a channel too (the engine's age), in the order asked for.
+        aged = load_cmapss(f, channels=("sensor_2", "cycle")).history
+        assert [row.tolist() for row in aged.assets[0].grid] == [[4.0, 1.0], [1.0, 2.0]]
+        assert len(DEFAULT_CHANNELS) == 18 and DEFAULT_CHANNELS[-1] == "cycle"
+        with pytest.raises(DataError, match=r"'unit'.* not C-MAPSS columns"):
+            load_cmapss(f, channels=("unit",))
 
     def test_test_file_fails_after_its_rul(self, tmp_path: Path) -> None:
         """A test unit fails RUL cycles after its last observed cycle; the RUL file is found beside it."""
