@@ -142,9 +142,9 @@ class FitOptions:
 
 
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
-    """The C-MAPSS preset (docs/training.md): 14 sensors, regimes from the operating settings,
-    window 50, RUL capped at 125 cycles, three 64-unit LSTMs averaged (trained apart),
-    early stopping on validation engines, then each refit on all engines for its chosen epochs."""
+    """The C-MAPSS preset (docs/training.md): 14 sensors and the cycle counter, regimes from the
+    operating settings, window 50, RUL capped at 125 cycles, three 64-unit LSTMs averaged (trained
+    apart), early stopping on validation engines, then each refit on all engines for its chosen epochs."""
     from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
 
     base: dict[str, Any] = dict(
