@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.save is not None:
                 args.save.mkdir(parents=True, exist_ok=True)
                 np.savez(args.save / f"fold{k}.npz", pred=pred, truth=truth,
-                         engines=np.repeat(folds[k], args.cuts),
                          life=np.repeat([len(grids[e]) for e in folds[k]], args.cuts))
             extra: dict[str, float] = {}
             if args.average > 1:

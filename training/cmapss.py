@@ -31,6 +31,8 @@ INFORMATIVE_SENSORS = tuple(f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13
 CYCLE = "cycle"
 # The model's default inputs: the operating settings (which name the regime), those sensors, the age.
 DEFAULT_CHANNELS = OP_SETTINGS + INFORMATIVE_SENSORS + (CYCLE,)
+# The columns after `unit`, in file order: what `channels` can pick.
+PICKABLE = (CYCLE, *CHANNELS)
 N_COLUMNS = 2 + len(CHANNELS)
 CHUNK_LINES = 50_000
 
@@ -97,7 +99,7 @@ def _is_float(text: str) -> bool:
 
 
 def _column_name(j: int) -> str:
-    return ("unit", "cycle", *CHANNELS)[j]
+    return ("unit", *PICKABLE)[j]
 
 
 def rul_file_for(path: Path) -> Path | None:
@@ -123,10 +125,10 @@ def load_cmapss(path: Path, rul_path: Path | None = None,
             raise DataError(f"{path}: a C-MAPSS test file needs its RUL file ({guess.name}); pass --rul")
         rul_path = guess
     want = CHANNELS if channels is None else tuple(channels)
-    unknown = [c for c in want if c not in (CYCLE, *CHANNELS)]
+    unknown = [c for c in want if c not in PICKABLE]
     if unknown:
-        raise DataError(f"{path}: {unknown} are not C-MAPSS columns ({', '.join((CYCLE, *CHANNELS))})")
-    cols = [1 if c == CYCLE else 2 + CHANNELS.index(c) for c in want]
+        raise DataError(f"{path}: {unknown} are not C-MAPSS columns ({', '.join(PICKABLE)})")
+    cols = [1 + PICKABLE.index(c) for c in want]
     series: list[AssetSeries] = []
     last: dict[int, int] = {}
     rows: dict[int, list[npt.NDArray[np.float64]]] = {}

@@ -83,8 +83,8 @@ class TestPublishMany:
         queue = link.client._packet_queue
 
         def counting(*args: Any) -> Any:
-            # Only hand-overs that carry this test's messages: paho queues its own packets
-            # (a keep-alive PINGREQ on a slow machine) through the same call.
+            # Only hand-overs that carry this test's messages: the link sets `connected` before
+            # its on-connect callback publishes its status and subscribes, through the same call.
             if prefix.encode() in bytes(args[1]):
                 calls.append(len(args[1]))
             return queue(*args)
