@@ -70,6 +70,19 @@ def without(path: Path, engines: list[str], out: Path) -> Path:
     return out
 
 
+def member_ruls(rt: Any, x: np.ndarray) -> np.ndarray:
+    """Each member's RUL for normalised windows x [K, N] (one row for a single network): lets
+    any subset of an ensemble's members be scored again without training."""
+    import torch
+
+    module = rt._module  # the scripted model file
+    nets = [getattr(module.members, str(i)) for i in range(int(module.n_members))] \
+        if hasattr(module, "members") else [module]
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return np.stack([net(xt)["rul"].numpy() for net in nets])
+
+
 def parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -128,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.save is not None:
                 args.save.mkdir(parents=True, exist_ok=True)
                 np.savez(args.save / f"fold{k}.npz", pred=pred, truth=truth,
-                         life=np.repeat([len(grids[e]) for e in folds[k]], args.cuts))
+                         life=np.repeat([len(grids[e]) for e in folds[k]], args.cuts),
+                         members=member_ruls(rt, rt.spec.normalise(x)))
             extra: dict[str, float] = {}
             if args.average > 1:
                 # Each earlier window's RUL, less the cycles since it ended, predicts the cut's.

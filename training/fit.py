@@ -89,6 +89,9 @@ class FitOptions:
     cell: str = "lstm"
     smooth: float = 0.0
     members: int = 1
+    # Channels that every second member (1, 3, ...) does not see: members that see different
+    # inputs disagree where members that differ only in seed do not (docs/training.md).
+    blind: tuple[str, ...] = ()
     # After training and calibrating, train each member again on training and validation assets
     # together for the epochs validation chose for it, and ship those (docs/training.md, Refit).
     refit: bool = False
@@ -339,6 +342,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
                        forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
                        head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth)
+    kinds = _kinds(opts, mcfg, history.channels)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
@@ -355,7 +359,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     members: list[Forecaster] = []
     results: list[TrainResult] = []
     for k in range(opts.members):
-        seed, member = _member(opts, mcfg, k)
+        seed, member = _member(opts, kinds, k)
         ck = opts.checkpoint
         if ck is not None and opts.members > 1:
             ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
@@ -375,7 +379,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         for k, first in enumerate(results):
             # The same member (seed, schedule) on every asset it may learn from, stopped where
             # validation stopped it: the choice was made on held-out assets, the weights see them all.
-            seed, member = _member(opts, mcfg, k)
+            seed, member = _member(opts, kinds, k)
             refits.append(train(member, p.seen, val_data, replace(tcfg, seed=seed,
                                 run_epochs=max(first.best_epoch, 1), stop_after=0), mcfg.rul_cap, ctx=ctx))
             again.append(member)
@@ -411,7 +415,9 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
-                     "best_val_score": round(r.best_score, 5)} for r in results],
+                     "best_val_score": round(r.best_score, 5),
+                     "blind": [history.channels[c] for c in kinds[k % len(kinds)].blind]}
+                    for k, r in enumerate(results)],
         # Validation figures above are the first fit's; the shipped members are these refits.
         **({"refit": {"assets": len(p.split.train | p.split.val),
                       "epochs_run": [r.epochs_run for r in refits]}} if refits else {}),
@@ -437,11 +443,23 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     return spec, summary
 
 
-def _member(opts: FitOptions, mcfg: ModelConfig, k: int) -> tuple[int, Forecaster]:
+def _kinds(opts: FitOptions, mcfg: ModelConfig, channels: tuple[str, ...]) -> tuple[ModelConfig, ...]:
+    """The members' configs, taken in turn: all inputs, then (with `blind`) all but those."""
+    if not opts.blind:
+        return (mcfg,)
+    unknown = [c for c in opts.blind if c not in channels]
+    if unknown:
+        raise ValueError(f"blind channels {unknown} are not among the model's inputs {list(channels)}")
+    if opts.members < 2:
+        raise ValueError("blind channels need at least 2 members (every second member is blind)")
+    return mcfg, replace(mcfg, blind=tuple(sorted(channels.index(c) for c in opts.blind)))
+
+
+def _member(opts: FitOptions, kinds: tuple[ModelConfig, ...], k: int) -> tuple[int, Forecaster]:
     """Member k's seed (the run's seed + 1000 k; member 0: the run's own) and its fresh network."""
     seed = opts.seed + 1000 * k
     torch.manual_seed(seed)
-    return seed, Forecaster(mcfg)
+    return seed, Forecaster(kinds[k % len(kinds)])
 
 
 def _combined(members: list[Forecaster]) -> Forecaster | Ensemble:

@@ -214,6 +214,32 @@ class TestRefit:
         with pytest.raises(ValueError, match="augment"):
             fit(cmapss_options(train, tmp_path / "g.pt", augment="gan", **base))
 
+    def test_every_second_member_is_blind_to_the_channels_named(self, tmp_path: Path) -> None:
+        """`blind` hides channels from members 1, 3, ...: their outputs do not move with the channel,
+        the others' do; the summary says which member saw what; misuse is a clear error."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=0))
+        base = dict(window=10, hidden=8, epochs=1, windows_per_epoch=2000, threads=1, progress=False,
+                    val_fraction=0.3)
+        spec, summary = fit(cmapss_options(train, tmp_path / "m.pt", members=3, blind=("cycle",), **base))
+        assert [m["blind"] for m in summary["members"]] == [[], ["cycle"], []]
+        c = spec.channels.index("cycle")
+        x = np.random.default_rng(0).normal(size=(6, 10, len(spec.channels))).astype(np.float32)
+        moved = x.copy()
+        moved[..., c] += 3.0
+        module = load_model(tmp_path / "m.pt")._module  # the scripted file: its members one by one
+        with torch.no_grad():  # fail_prob: an RUL this little trained may clamp to 0 everywhere
+            out = [[getattr(module.members, str(k))(torch.from_numpy(v))["fail_prob"].numpy()
+                    for v in (x, moved)] for k in range(3)]
+        assert np.array_equal(*out[1]) and not np.allclose(*out[0]) and not np.allclose(*out[2])
+        with pytest.raises(ValueError, match="at least 2 members"):
+            fit(cmapss_options(train, tmp_path / "one.pt", members=1, blind=("cycle",), **base))
+        with pytest.raises(ValueError, match=r"\['speed'\] are not among"):
+            fit(cmapss_options(train, tmp_path / "bad.pt", members=2, blind=("speed",), **base))
+        args = cli.build_parser().parse_args(["fit", "--history", "h.txt", "--out", "m.pt", "--members", "2",
+                                              "--blind", "cycle,sensor_2"])
+        assert cli.fit_options(args).blind == ("cycle", "sensor_2")
+
     def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
         """The C-MAPSS preset refits; --no-refit keeps the first fit's members; --refit asks for it."""
         def refit(*extra: str) -> bool:
