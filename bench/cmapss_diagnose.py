@@ -9,8 +9,10 @@ share by true RUL and by engine life, the calibration of the predictions (mean t
 prediction bin), and three post-hoc corrections of the predictions, each fitted on the other
 folds and applied to the held-out one (a shift, a line, isotonic regression), against the raw
 predictions of the same cuts. With several runs on the same folds and cuts (other seeds or
-variants): the correlation of their errors and the RMSE of their average. The test file is
-never read. Last line: one JSON object.
+variants): the correlation of their errors and the RMSE of their average. Runs of ensembles
+keep each member's RUL: `--members 0,2` scores the mean of those members instead of the shipped
+prediction (what a smaller ensemble would have scored on the same cuts, without training it).
+The test file is never read. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -32,13 +34,22 @@ TRUTH_BANDS = ((0, 30), (30, 60), (60, 90), (90, 125), (125, 146))
 LIFE_BANDS = ((0, 170), (170, 200), (200, 230), (230, 1000))
 
 
-def load_run(folder: Path) -> list[dict[str, Array]]:
-    """The folds of one run, in fold order."""
+def load_run(folder: Path, members: list[int] | None = None) -> list[dict[str, Array]]:
+    """The folds of one run, in fold order; with `members`, each cut's prediction is the mean
+    of those members' RULs."""
     files = sorted(folder.glob("fold*.npz"), key=lambda f: int(f.stem[4:]))
     if not files:
         raise SystemExit(f"{folder}: no fold<k>.npz (write them with bench/cmapss_cv.py --save)")
-    return [{k: np.asarray(z[k], dtype=np.float64) for k in ("pred", "truth", "life")}
-            for z in map(np.load, files)]
+    folds = []
+    for z in map(np.load, files):
+        fold = {k: np.asarray(z[k], dtype=np.float64) for k in ("pred", "truth", "life")}
+        if members is not None:
+            held = z["members"] if "members" in z.files else np.empty((0, 0))
+            if not all(0 <= m < len(held) for m in members):
+                raise SystemExit(f"{folder}: members {members} asked, the run kept {len(held)}")
+            fold["pred"] = np.asarray(held[members], dtype=np.float64).mean(axis=0)
+        folds.append(fold)
+    return folds
 
 
 def rmse(pred: Array, truth: Array) -> float:
@@ -120,8 +131,10 @@ def same_cuts(runs: list[list[dict[str, Array]]]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="folders written by cmapss_cv.py --save")
+    p.add_argument("--members", type=lambda s: [int(m) for m in s.split(",")],
+                   help="comma-separated members (0-based) whose mean RUL stands for each run's prediction")
     args = p.parse_args(argv)
-    runs = {str(r): load_run(r) for r in args.runs}
+    runs = {str(r): load_run(r, args.members) for r in args.runs}
     report: dict[str, object] = {}
     for name, folds in runs.items():
         pred = np.concatenate([f["pred"] for f in folds])

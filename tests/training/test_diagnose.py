@@ -26,10 +26,12 @@ def _module() -> ModuleType:
 diag = _module()
 
 
-def write_run(folder: Path, preds: list[np.ndarray], truths: list[np.ndarray]) -> Path:
+def write_run(folder: Path, preds: list[np.ndarray], truths: list[np.ndarray],
+              members: list[np.ndarray] | None = None) -> Path:
     folder.mkdir(parents=True)
     for k, (p, t) in enumerate(zip(preds, truths, strict=True)):
-        np.savez(folder / f"fold{k}.npz", pred=p, truth=t, life=t + 100.0)
+        extra = {} if members is None else {"members": members[k]}
+        np.savez(folder / f"fold{k}.npz", pred=p, truth=t, life=t + 100.0, **extra)
     return folder
 
 
@@ -94,3 +96,22 @@ def test_runs_on_other_cuts_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
         diag.main([str(a), str(other)])
     with pytest.raises(SystemExit, match="no fold"):
         diag.main([str(tmp_path / "missing")])
+
+
+def test_members_stand_for_the_prediction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--members scores the mean of the members named, not the shipped prediction; a run that did
+    not keep them, or members it does not have, are refused."""
+    ts = truths()
+    e = np.resize([1.0, -1.0], len(ts[0]))  # errors of mean 0 and RMSE 1
+    # Member 1 is member 0 off by +20, member 2 by -20: the shipped mean of all three is member 0.
+    members = [np.stack([t + e, t + e + 20.0, t + e - 20.0]) for t in ts]
+    run = write_run(tmp_path / "r", [t + e for t in ts], ts, members)
+    for chosen, want in (("0", 1.0), ("1", 401**0.5), ("0,1", 101**0.5), ("1,2", 1.0)):
+        assert diag.main([str(run), "--members", chosen]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report[str(run)]["rmse"] == pytest.approx(want, abs=1e-3)  # reported to 3 places
+    with pytest.raises(SystemExit, match="the run kept 3"):
+        diag.main([str(run), "--members", "0,3"])
+    plain = write_run(tmp_path / "p", ts, ts)
+    with pytest.raises(SystemExit, match="the run kept 0"):
+        diag.main([str(plain), "--members", "0"])
