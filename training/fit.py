@@ -15,10 +15,13 @@ Under torchrun, every process trains its shards and rank 0 alone writes (`traini
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -356,34 +359,20 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     # Training draws from every training asset through the source (streamed: a shard's few
     # assets at a time); GAN windows exist only in memory, beside the windows they were made from.
     windows: Inputs | WindowSource = train_data if augment else p.source
-    members: list[Forecaster] = []
-    results: list[TrainResult] = []
-    for k in range(opts.members):
-        seed, member = _member(opts, kinds, k)
-        ck = opts.checkpoint
-        if ck is not None and opts.members > 1:
-            ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
-        result = train(member, windows, val_data, replace(tcfg, seed=seed), mcfg.rul_cap,
-                       checkpoint=ck, resume=opts.resume, contract=contract, ctx=ctx)
-        if not result.finished:
-            raise ValueError(f"stopped after {result.epochs_run} epochs as asked (--stop-after); "
+    jobs = [MemberJob(k, kinds[k % len(kinds)], opts.seed + 1000 * k, windows, val_data, tcfg, mcfg.rul_cap,
+                      _member_checkpoint(opts, k), opts.resume, contract, p.seen if opts.refit else None)
+            for k in range(opts.members)]
+    fitted = _fit_members(jobs, opts, ctx)
+    results = [first for first, _ in fitted]
+    for r in results:
+        if not r.finished:
+            raise ValueError(f"stopped after {r.epochs_run} epochs as asked (--stop-after); "
                              f"resume with --resume --checkpoint {opts.checkpoint}")
-        members.append(member)
-        results.append(result)
-    model = _combined(members)
+    model = _combined([r.model for r in results])
     result = results[0]
-    shipped, refits = model, list[TrainResult]()
-    if opts.refit:
-        assert p.seen is not None
-        again = []
-        for k, first in enumerate(results):
-            # The same member (seed, schedule) on every asset it may learn from, stopped where
-            # validation stopped it: the choice was made on held-out assets, the weights see them all.
-            seed, member = _member(opts, kinds, k)
-            refits.append(train(member, p.seen, val_data, replace(tcfg, seed=seed,
-                                run_epochs=max(first.best_epoch, 1), stop_after=0), mcfg.rul_cap, ctx=ctx))
-            again.append(member)
-        shipped = _combined(again)
+    shipped, refits = model, [again for _, again in fitted if again is not None]
+    if refits:
+        shipped = _combined([r.model for r in refits])
     if not ctx.is_writer:
         # Rank 0 calibrates, exports and writes the files; the others wait for what it returns.
         shared: tuple[ModelSpec, dict[str, Any]] = dist.broadcast(ctx, None)
@@ -418,6 +407,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                      "best_val_score": round(r.best_score, 5),
                      "blind": [history.channels[c] for c in kinds[k % len(kinds)].blind]}
                     for k, r in enumerate(results)],
+        "member_processes": member_processes(opts, ctx),
         # Validation figures above are the first fit's; the shipped members are these refits.
         **({"refit": {"assets": len(p.split.train | p.split.val),
                       "epochs_run": [r.epochs_run for r in refits]}} if refits else {}),
@@ -455,11 +445,81 @@ def _kinds(opts: FitOptions, mcfg: ModelConfig, channels: tuple[str, ...]) -> tu
     return mcfg, replace(mcfg, blind=tuple(sorted(channels.index(c) for c in opts.blind)))
 
 
-def _member(opts: FitOptions, kinds: tuple[ModelConfig, ...], k: int) -> tuple[int, Forecaster]:
-    """Member k's seed (the run's seed + 1000 k; member 0: the run's own) and its fresh network."""
-    seed = opts.seed + 1000 * k
-    torch.manual_seed(seed)
-    return seed, Forecaster(kinds[k % len(kinds)])
+@dataclass(frozen=True)
+class MemberJob:
+    """One member's training: its config and seed, the data, and (with `seen`) its refit."""
+
+    k: int
+    config: ModelConfig
+    seed: int                             # the run's seed + 1000 k (member 0: the run's own)
+    windows: Inputs | WindowSource
+    val: Inputs
+    tcfg: TrainConfig
+    rul_cap: float
+    checkpoint: Path | None
+    resume: bool
+    contract: dict[str, Any]
+    seen: Inputs | WindowSource | None    # training and validation assets: refit on them
+    threads: int = 0                      # torch threads in a worker process (0: leave as they are)
+
+
+def fit_member(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> tuple[TrainResult, TrainResult | None]:
+    """Train one member with early stopping on validation; then, with `job.seen`, the same member
+    (seed, schedule) again on every asset it may learn from, for the epochs validation chose:
+    the choice was made on held-out assets, the shipped weights see them all."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)
+    first = train(Forecaster(job.config), job.windows, job.val, replace(job.tcfg, seed=job.seed), job.rul_cap,
+                  checkpoint=job.checkpoint, resume=job.resume, contract=job.contract, ctx=ctx)
+    if job.seen is None or not first.finished:
+        return first, None
+    torch.manual_seed(job.seed)
+    again = train(Forecaster(job.config), job.seen, job.val, replace(
+        job.tcfg, seed=job.seed, run_epochs=max(first.best_epoch, 1), stop_after=0), job.rul_cap, ctx=ctx)
+    return first, again
+
+
+def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
+                 ) -> list[tuple[TrainResult, TrainResult | None]]:
+    """Every member's fit (and refit), in member order.
+
+    Members are independent, so with several threads they train side by side in worker
+    processes of one thread each: a 64-unit LSTM keeps one core busy but gains little from a
+    second thread, so two members on two cores train in about the time of one (docs/training.md).
+    A member's result depends only on its job, not on which process ran it. Under torchrun,
+    or streaming, they train one after the other in this process.
+    """
+    workers = member_processes(opts, ctx)
+    if workers <= 1:
+        return [fit_member(job, ctx) for job in jobs]
+    jobs = [replace(job, threads=max(opts.threads // workers, 1),
+                    tcfg=replace(job.tcfg, progress=False)) for job in jobs]
+    if opts.progress:
+        print(f"training {len(jobs)} members in {workers} processes", file=sys.stderr, flush=True)
+    out: dict[int, tuple[TrainResult, TrainResult | None]] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fit_member, job): job.k for job in jobs}
+        for done in as_completed(futures):
+            k = futures[done]
+            out[k] = first, _ = done.result()
+            if opts.progress:
+                print(f"member {k}: {first.epochs_run} epochs, best {first.best_epoch} "
+                      f"(validation {first.best_score:.4f})", file=sys.stderr, flush=True)
+    return [out[job.k] for job in jobs]
+
+
+def member_processes(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> int:
+    """How many processes the members train in (1: this one)."""
+    return min(opts.members, opts.threads) if ctx.world == 1 and not opts.stream else 1
+
+
+def _member_checkpoint(opts: FitOptions, k: int) -> Path | None:
+    """Member k's checkpoint file: the one asked for, or beside it per member of an ensemble."""
+    ck = opts.checkpoint
+    if ck is not None and opts.members > 1:
+        ck = ck.with_name(f"{ck.stem}.m{k}{ck.suffix}")
+    return ck
 
 
 def _combined(members: list[Forecaster]) -> Forecaster | Ensemble:

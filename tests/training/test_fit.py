@@ -240,6 +240,19 @@ class TestRefit:
                                               "--blind", "cycle,sensor_2"])
         assert cli.fit_options(args).blind == ("cycle", "sensor_2")
 
+    def test_members_in_worker_processes_train_what_one_process_trains(self, tmp_path: Path) -> None:
+        """With 2 threads the members (and their refits) train in 2 worker processes of one
+        thread each; the model file is the very one a single-threaded run writes, bit for bit."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=0))
+        base = dict(window=10, hidden=8, epochs=2, windows_per_epoch=2000, members=3, blind=("cycle",),
+                    progress=False, val_fraction=0.3)
+        one, s1 = fit(cmapss_options(train, tmp_path / "one.pt", threads=1, **base))
+        two, s2 = fit(cmapss_options(train, tmp_path / "two.pt", threads=2, **base))
+        assert (s1["member_processes"], s2["member_processes"]) == (1, 2)
+        assert one.version == two.version and s1["members"] == s2["members"]
+        assert s1["refit"] == s2["refit"]
+
     def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
         """The C-MAPSS preset refits; --no-refit keeps the first fit's members; --refit asks for it."""
         def refit(*extra: str) -> bool:
