@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -68,14 +69,20 @@ def ms_per_window(model: Path, x: np.ndarray, batch: int, repeats: int) -> float
     return statistics.median(times) * 1000.0 / batch
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the members' workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     train = args.data / f"train_{args.subset}.txt"
     out = work / f"{args.subset}_seed{seed}.pt"
     opts = cmapss_options(train, out, seed=seed, threads=args.threads, progress=not args.quiet,
                           **({"cell": args.cell} if args.cell else {}))
-    t0, c0 = time.monotonic(), time.process_time()
+    t0, c0 = time.monotonic(), cpu_seconds()
     spec, summary = fit(opts)
-    seconds, cpu = time.monotonic() - t0, time.process_time() - c0
+    seconds, cpu = time.monotonic() - t0, cpu_seconds() - c0
     rt = load_model(out, threads=1)
     _, x, truth = last_windows(args.data / f"test_{args.subset}.txt", args.data / f"RUL_{args.subset}.txt",
                                spec.channels, spec.window)
@@ -89,6 +96,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         # refit, the figure of the first fit, before the refit trained on those engines too).
         "val_rmse": summary["validation"].get("rul_rmse_all_windows", float("nan")),
         "params": summary["params"], "members": len(summary["members"]), "refit": "refit" in summary,
+        "blind": [m.get("blind", []) for m in summary["members"]],
         "train_seconds": seconds, "train_cpu_seconds": cpu,
         # Each member's epochs run (and its best), member 0 first.
         "epochs": [m["epochs_run"] for m in summary["members"]],
@@ -109,6 +117,9 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
     cell = (args.cell or "lstm").upper()
     if rows[0]["members"] > 1:
         cell = f"{rows[0]['members']} averaged {cell}s"
+        blind = [b for b in rows[0]["blind"] if b]
+        if blind:
+            cell += f" ({len(blind)} blind to {', '.join(blind[0])})"
     if rows[0]["refit"]:
         cell += " (refit on all training engines)"
     lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": rows[0]["params"],
         "train_seconds": round(statistics.mean(r["train_seconds"] for r in rows), 1),
         "train_seconds_total": round(sum(r["train_seconds"] for r in rows), 1),
-        # CPU seconds of this process (both threads): what the run costs without other load.
+        # CPU seconds of this process and its member workers: what the run costs without other load.
         "train_cpu_seconds": round(statistics.mean(r["train_cpu_seconds"] for r in rows), 1),
         "ms_per_window": round(statistics.median(r["ms_per_window"] for r in rows), 4),
         "ms_per_window_batch100": round(statistics.median(r["ms_per_window_batch100"] for r in rows), 5),
