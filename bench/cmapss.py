@@ -96,7 +96,6 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         # refit, the figure of the first fit, before the refit trained on those engines too).
         "val_rmse": summary["validation"].get("rul_rmse_all_windows", float("nan")),
         "params": summary["params"], "members": len(summary["members"]), "refit": "refit" in summary,
-        "blind": [m.get("blind", []) for m in summary["members"]],
         "train_seconds": seconds, "train_cpu_seconds": cpu,
         # Each member's epochs run (and its best), member 0 first.
         "epochs": [m["epochs_run"] for m in summary["members"]],
@@ -117,9 +116,6 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
     cell = (args.cell or "lstm").upper()
     if rows[0]["members"] > 1:
         cell = f"{rows[0]['members']} averaged {cell}s"
-        blind = [b for b in rows[0]["blind"] if b]
-        if blind:
-            cell += f" ({len(blind)} blind to {', '.join(blind[0])})"
     if rows[0]["refit"]:
         cell += " (refit on all training engines)"
     lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "

@@ -77,8 +77,7 @@ def load(path: Path, model: Forecaster, opt: torch.optim.Optimizer, sched: Any, 
          train_config: dict[str, Any]) -> LoopState:
     """Restore a run into freshly built objects; refuse a checkpoint of another model or config."""
     doc = read(path)
-    # Through the constructor, so a field added since the checkpoint was written takes its default.
-    if ModelConfig(**doc["model_config"]) != model_config(model):
+    if doc["model_config"] != asdict(model_config(model)):
         raise ModelError(f"checkpoint {path}: made for model {doc['model_config']}, not this one")
     if doc["train_config"] != train_config:
         changed = sorted(k for k in train_config if doc["train_config"].get(k) != train_config[k]

@@ -75,9 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
                    help="train this many networks (own seeds) and average them in one file")
-    f.add_argument("--blind", type=_names,
-                   help="comma-separated input channels that every second member does not see "
-                   "(members 1, 3, ...; needs --members 2 or more; cmapss preset: cycle)")
     f.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after validation has chosen each member's epochs (and calibrated), train the "
                    "members again on training and validation assets together and ship those "

@@ -128,9 +128,6 @@ def rebuild(path: Path) -> tuple[Forecaster | WithAnomaly, ModelSpec]:
     rt = load_model(path, probe=False)
     scripted: Any = rt._module
     sd = {k: v for k, v in scripted.state_dict().items()}
-    # The input mask is fixed by the config (a non-persistent buffer of the eager model); files
-    # written before it existed have none.
-    mask = sd.pop("input_mask", None)
     if any(k.startswith(("members.", "base.members.")) for k in sd):
         raise ModelError(f"{path}: an ensemble model file cannot be rebuilt as one Forecaster")
     model: Forecaster | WithAnomaly
@@ -138,13 +135,12 @@ def rebuild(path: Path) -> tuple[Forecaster | WithAnomaly, ModelSpec]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         if any(k.startswith("vae.") for k in sd):
-            base_mask = sd.pop("base.input_mask", None)
-            base = Forecaster(_forecaster_config(scripted.base, _under(sd, "base."), n, base_mask))
+            base = Forecaster(_forecaster_config(scripted.base, _under(sd, "base."), n))
             vae = LstmVae(VaeConfig(n_channels=n, hidden=int(sd["vae.encoder.weight_hh_l0"].shape[1]),
                                     latent=int(sd["vae.to_state.weight"].shape[1])))
             model = WithAnomaly(base, vae)
         else:
-            model = Forecaster(_forecaster_config(scripted, sd, n, mask))
+            model = Forecaster(_forecaster_config(scripted, sd, n))
     model.load_state_dict(sd)
     model.eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, rt.spec.window, n)).astype(np.float32))
@@ -161,9 +157,8 @@ def _under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: int,
-                       mask: torch.Tensor | None) -> ModelConfig:
-    """A scripted Forecaster's constructor arguments, from its attributes, weight shapes and input mask."""
+def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: int) -> ModelConfig:
+    """A scripted Forecaster's constructor arguments, from its attributes and weight shapes."""
     hidden = int(sd["lstm.weight_hh_l0"].shape[1])
     gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
     return ModelConfig(
@@ -172,8 +167,7 @@ def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: i
         fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
         rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
         head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
-        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)),
-        blind=() if mask is None else tuple(int(c) for c in torch.nonzero(mask == 0).flatten()))
+        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
 
 
 def export_onnx_beside(path: Path, probe_size: int = 64) -> tuple[Path, ModelSpec]:

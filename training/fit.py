@@ -92,9 +92,6 @@ class FitOptions:
     cell: str = "lstm"
     smooth: float = 0.0
     members: int = 1
-    # Channels that every second member (1, 3, ...) does not see: members that see different
-    # inputs disagree where members that differ only in seed do not (docs/training.md).
-    blind: tuple[str, ...] = ()
     # After training and calibrating, train each member again on training and validation assets
     # together for the epochs validation chose for it, and ship those (docs/training.md, Refit).
     refit: bool = False
@@ -345,7 +342,6 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
                        forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
                        head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth)
-    kinds = _kinds(opts, mcfg, history.channels)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
@@ -359,7 +355,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     # Training draws from every training asset through the source (streamed: a shard's few
     # assets at a time); GAN windows exist only in memory, beside the windows they were made from.
     windows: Inputs | WindowSource = train_data if augment else p.source
-    jobs = [MemberJob(k, kinds[k % len(kinds)], opts.seed + 1000 * k, windows, val_data, tcfg, mcfg.rul_cap,
+    jobs = [MemberJob(k, mcfg, opts.seed + 1000 * k, windows, val_data, tcfg, mcfg.rul_cap,
                       _member_checkpoint(opts, k), opts.resume, contract, p.seen if opts.refit else None)
             for k in range(opts.members)]
     fitted = _fit_members(jobs, opts, ctx)
@@ -404,9 +400,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
-                     "best_val_score": round(r.best_score, 5),
-                     "blind": [history.channels[c] for c in kinds[k % len(kinds)].blind]}
-                    for k, r in enumerate(results)],
+                     "best_val_score": round(r.best_score, 5)} for r in results],
         "member_processes": member_processes(opts, ctx),
         # Validation figures above are the first fit's; the shipped members are these refits.
         **({"refit": {"assets": len(p.split.train | p.split.val),
@@ -431,18 +425,6 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                title="Vigil model: validation assets")
     dist.broadcast(ctx, (spec, summary))
     return spec, summary
-
-
-def _kinds(opts: FitOptions, mcfg: ModelConfig, channels: tuple[str, ...]) -> tuple[ModelConfig, ...]:
-    """The members' configs, taken in turn: all inputs, then (with `blind`) all but those."""
-    if not opts.blind:
-        return (mcfg,)
-    unknown = [c for c in opts.blind if c not in channels]
-    if unknown:
-        raise ValueError(f"blind channels {unknown} are not among the model's inputs {list(channels)}")
-    if opts.members < 2:
-        raise ValueError("blind channels need at least 2 members (every second member is blind)")
-    return mcfg, replace(mcfg, blind=tuple(sorted(channels.index(c) for c in opts.blind)))
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,6 @@ class ModelConfig:
     # Causal exponential smoothing of the normalised window inside the model (0: off). The
     # agent still sends raw windows; the smoothing travels in the file with the weights.
     smooth: float = 0.0
-    # Input channels (indices) this network does not see: zeroed after normalisation, so the
-    # channel's mean. Members of an ensemble that see different inputs err differently.
-    blind: tuple[int, ...] = ()
 
 
 class Forecaster(nn.Module):
@@ -74,17 +71,8 @@ class Forecaster(nn.Module):
         self.rul = _linear(width or cfg.hidden, 1 if cfg.rul_head else 0)
         # Set by calibration on validation data; a buffer so it is exported with the weights.
         self.register_buffer("temperature", torch.ones(1))
-        mask = torch.ones(cfg.n_channels)
-        for c in cfg.blind:
-            if not 0 <= c < cfg.n_channels:
-                raise ValueError(f"blind channel {c} is not one of the {cfg.n_channels} inputs")
-            mask[c] = 0.0
-        # Not in the state dict (fixed by the config, not learnt): files and checkpoints written
-        # before it existed load unchanged; TorchScript keeps it as an attribute of the module.
-        self.register_buffer("input_mask", mask, persistent=False)
 
     def encode(self, x: Tensor) -> Tensor:
-        x = x * self.input_mask
         if self.smooth > 0.0:
             x = ewma(x, self.smooth)
         out, _ = self.lstm(x)

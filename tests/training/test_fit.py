@@ -214,39 +214,13 @@ class TestRefit:
         with pytest.raises(ValueError, match="augment"):
             fit(cmapss_options(train, tmp_path / "g.pt", augment="gan", **base))
 
-    def test_every_second_member_is_blind_to_the_channels_named(self, tmp_path: Path) -> None:
-        """`blind` hides channels from members 1, 3, ...: their outputs do not move with the channel,
-        the others' do; the summary says which member saw what; misuse is a clear error."""
-        train = tmp_path / "train_FD009.txt"
-        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=0))
-        base = dict(window=10, hidden=8, epochs=1, windows_per_epoch=2000, threads=1, progress=False,
-                    val_fraction=0.3)
-        spec, summary = fit(cmapss_options(train, tmp_path / "m.pt", members=3, blind=("cycle",), **base))
-        assert [m["blind"] for m in summary["members"]] == [[], ["cycle"], []]
-        c = spec.channels.index("cycle")
-        x = np.random.default_rng(0).normal(size=(6, 10, len(spec.channels))).astype(np.float32)
-        moved = x.copy()
-        moved[..., c] += 3.0
-        module = load_model(tmp_path / "m.pt")._module  # the scripted file: its members one by one
-        with torch.no_grad():  # fail_prob: an RUL this little trained may clamp to 0 everywhere
-            out = [[getattr(module.members, str(k))(torch.from_numpy(v))["fail_prob"].numpy()
-                    for v in (x, moved)] for k in range(3)]
-        assert np.array_equal(*out[1]) and not np.allclose(*out[0]) and not np.allclose(*out[2])
-        with pytest.raises(ValueError, match="at least 2 members"):
-            fit(cmapss_options(train, tmp_path / "one.pt", members=1, blind=("cycle",), **base))
-        with pytest.raises(ValueError, match=r"\['speed'\] are not among"):
-            fit(cmapss_options(train, tmp_path / "bad.pt", members=2, blind=("speed",), **base))
-        args = cli.build_parser().parse_args(["fit", "--history", "h.txt", "--out", "m.pt", "--members", "2",
-                                              "--blind", "cycle,sensor_2"])
-        assert cli.fit_options(args).blind == ("cycle", "sensor_2")
-
     def test_members_in_worker_processes_train_what_one_process_trains(self, tmp_path: Path) -> None:
         """With 2 threads the members (and their refits) train in 2 worker processes of one
         thread each; the model file is the very one a single-threaded run writes, bit for bit."""
         train = tmp_path / "train_FD009.txt"
         train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=0))
-        base = dict(window=10, hidden=8, epochs=2, windows_per_epoch=2000, members=3, blind=("cycle",),
-                    progress=False, val_fraction=0.3)
+        base = dict(window=10, hidden=8, epochs=2, windows_per_epoch=2000, members=3, progress=False,
+                    val_fraction=0.3)
         one, s1 = fit(cmapss_options(train, tmp_path / "one.pt", threads=1, **base))
         two, s2 = fit(cmapss_options(train, tmp_path / "two.pt", threads=2, **base))
         assert (s1["member_processes"], s2["member_processes"]) == (1, 2)

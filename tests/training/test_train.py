@@ -113,21 +113,6 @@ class TestCheckpoint:
         with pytest.raises(ModelError, match="made for model"):
             train(other, tr, va, CFG, 30.0, checkpoint=path, resume=True)
 
-    def test_checkpoint_from_before_a_new_model_field_resumes(self, tmp_path: Path) -> None:
-        """A checkpoint whose model config lacks a field added since (here `blind`) resumes with
-        the field's default; one with the field set otherwise is refused."""
-        tr, va = tiny_data()
-        path = tmp_path / "c.ckpt"
-        train(new_model(), tr, va, TrainConfig(**{**CFG.__dict__, "stop_after": 2}), 30.0, checkpoint=path)
-        doc = ckpt.read(path)
-        del doc["model_config"]["blind"]
-        torch.save(doc, path)
-        assert train(new_model(), tr, va, CFG, 30.0, checkpoint=path, resume=True).finished
-        doc["model_config"]["blind"] = (1,)
-        torch.save(doc, path)
-        with pytest.raises(ModelError, match="made for model"):
-            train(new_model(), tr, va, CFG, 30.0, checkpoint=path, resume=True)
-
 
 class TestModelParts:
     def test_ewma_is_causal_exponential_smoothing(self) -> None:
@@ -138,32 +123,6 @@ class TestModelParts:
         for t in range(9):
             s = x[:, 0] if t == 0 else 0.3 * x[:, t] + 0.7 * s
             assert torch.allclose(got[:, t], s, atol=1e-6)
-
-    def test_blind_channel_is_not_seen_and_travels_in_the_file(self, tmp_path: Path) -> None:
-        """A network blind to a channel gives the same outputs whatever that channel holds, in
-        the exported file too; the file rebuilds with the same blind channel; bad indices fail."""
-        from tests.agent.conftest import make_spec
-        from training.export import export, rebuild
-
-        torch.manual_seed(0)
-        model = Forecaster(ModelConfig(n_channels=3, horizon=2, hidden=8, rul_head=True, rul_cap=40.0,
-                                       blind=(1,))).eval()
-        x = torch.randn(5, 8, 3)
-        moved, other = x.clone(), x.clone()
-        moved[..., 1] += 5.0
-        other[..., 0] += 5.0
-        spec = replace(make_spec(), heads=("forecast_mean", "forecast_logvar", "fail_prob", "rul"),
-                       rul_cap=40.0)
-        export(model, spec, x.numpy(), tmp_path / "b.pt")
-        from agent.runtime import load_model
-
-        rt = load_model(tmp_path / "b.pt")
-        for run in (lambda t: model(t)["rul"].detach().numpy(), lambda t: rt.infer(t.numpy()).rul):
-            assert np.array_equal(run(x), run(moved)) and not np.allclose(run(x), run(other))
-        again, _ = rebuild(tmp_path / "b.pt")
-        assert isinstance(again, Forecaster) and again.config.blind == (1,)
-        with pytest.raises(ValueError, match="blind channel 3"):
-            Forecaster(ModelConfig(n_channels=3, horizon=2, blind=(3,)))
 
     def test_ensemble_averages_members_and_exports_with_parity(self, tmp_path: Path) -> None:
         """An ensemble's RUL and failure logit are its members' means; its TorchScript file matches eager."""
