@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.runtime import load_model
+from bench.harness import cpu_seconds_with_children
 from training.cmapss import load_cmapss
 from training.evaluate import nasa_score
 from training.fit import cmapss_options, fit
@@ -69,20 +69,14 @@ def ms_per_window(model: Path, x: np.ndarray, batch: int, repeats: int) -> float
     return statistics.median(times) * 1000.0 / batch
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have ended (the members' workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     train = args.data / f"train_{args.subset}.txt"
     out = work / f"{args.subset}_seed{seed}.pt"
     opts = cmapss_options(train, out, seed=seed, threads=args.threads, progress=not args.quiet,
                           **({"cell": args.cell} if args.cell else {}))
-    t0, c0 = time.monotonic(), cpu_seconds()
+    t0, c0 = time.monotonic(), cpu_seconds_with_children()
     spec, summary = fit(opts)
-    seconds, cpu = time.monotonic() - t0, cpu_seconds() - c0
+    seconds, cpu = time.monotonic() - t0, cpu_seconds_with_children() - c0
     rt = load_model(out, threads=1)
     _, x, truth = last_windows(args.data / f"test_{args.subset}.txt", args.data / f"RUL_{args.subset}.txt",
                                spec.channels, spec.window)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -92,6 +93,12 @@ def machine_line() -> str:
             break
     load = os.getloadavg()[0]
     return f"{model}, {os.cpu_count()} cores, load average {load:.1f} at start"
+
+
+def cpu_seconds_with_children() -> float:
+    """CPU seconds of this process and of its children that have ended (training's member workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 # -- broker ---------------------------------------------------------------------------------

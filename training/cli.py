@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
                    help="train this many networks (own seeds) and average them in one file")
+    f.add_argument("--member-processes", type=_positive_int,
+                   help="processes the members train in side by side, each with threads / processes "
+                   "torch threads (default: min(members, threads)); 1: one after the other in this process")
     f.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="after validation has chosen each member's epochs (and calibrated), train the "
                    "members again on training and validation assets together and ship those "

@@ -92,6 +92,9 @@ class FitOptions:
     cell: str = "lstm"
     smooth: float = 0.0
     members: int = 1
+    # Processes the members train in, side by side (None: min(members, threads)); each gets
+    # threads // processes torch threads (at least 1). 1: one after the other in this process.
+    member_processes: int | None = None
     # After training and calibrating, train each member again on training and validation assets
     # together for the epochs validation chose for it, and ship those (docs/training.md, Refit).
     refit: bool = False
@@ -493,7 +496,11 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
 
 def member_processes(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> int:
     """How many processes the members train in (1: this one)."""
-    return min(opts.members, opts.threads) if ctx.world == 1 and not opts.stream else 1
+    if ctx.world > 1 or opts.stream:
+        return 1
+    if opts.member_processes is not None and opts.member_processes < 1:
+        raise ValueError(f"member_processes must be 1 or more, got {opts.member_processes}")
+    return min(opts.members, opts.member_processes or opts.threads)
 
 
 def _member_checkpoint(opts: FitOptions, k: int) -> Path | None:

@@ -226,6 +226,13 @@ class TestRefit:
         assert (s1["member_processes"], s2["member_processes"]) == (1, 2)
         assert one.version == two.version and s1["members"] == s2["members"]
         assert s1["refit"] == s2["refit"]
+        _, s3 = fit(cmapss_options(train, tmp_path / "three.pt", threads=2, member_processes=1, **base))
+        assert s3["member_processes"] == 1
+        with pytest.raises(ValueError, match="member_processes must be 1 or more"):
+            fit(cmapss_options(train, tmp_path / "zero.pt", member_processes=0, **base))
+        args = cli.build_parser().parse_args(["fit", "--history", "h.txt", "--out", "m.pt",
+                                              "--member-processes", "3"])
+        assert cli.fit_options(args).member_processes == 3
 
     def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
         """The C-MAPSS preset refits; --no-refit keeps the first fit's members; --refit asks for it."""
