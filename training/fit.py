@@ -470,8 +470,8 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
     """Every member's fit (and refit), in member order.
 
     Members are independent, so with several threads they train side by side in worker
-    processes of one thread each: a 64-unit LSTM keeps one core busy but gains little from a
-    second thread, so two members on two cores train in about the time of one (docs/training.md).
+    processes of one thread each: a second thread speeds one 64-unit LSTM up about 1.4x, a
+    second process trains a second member at full speed (bench/members.py, docs/training.md).
     A member's result depends only on its job, not on which process ran it. Under torchrun,
     or streaming, they train one after the other in this process.
     """
