@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,10 +14,35 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, where it is free
+    again as soon as it is returned: an outgoing connection made before our server binds it
+    (the agent's own MQTT client, a test's capture client) can be given the same number as its
+    source port, and the bind then fails (seen in CI: "Address already in use"). Ports below the
+    range are never picked for outgoing connections.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()  # no seed: a concurrent session must not draw the same ports
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 16384), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded below: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; the common default elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_until(cond: object, timeout: float, interval: float = 0.02, what: str = "condition") -> None:
