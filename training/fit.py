@@ -149,13 +149,13 @@ class FitOptions:
 
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
     """The C-MAPSS preset (docs/training.md): 14 sensors and the cycle counter, regimes from the
-    operating settings, window 80, RUL capped at 125 cycles, three 64-unit LSTMs averaged (trained
+    operating settings, window 120, RUL capped at 125 cycles, three 64-unit LSTMs averaged (trained
     apart), early stopping on validation engines, then each refit on all engines for its chosen epochs."""
     from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
 
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
-        window=80, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
+        window=120, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
         hidden=64, layers=1, dropout=0.0, head_hidden=0, smooth=0.0, members=3, refit=True, epochs=30,
         windows_per_epoch=100_000,
         batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
