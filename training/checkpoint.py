@@ -81,7 +81,7 @@ def load(path: Path, model: Forecaster, opt: torch.optim.Optimizer, sched: Any, 
         raise ModelError(f"checkpoint {path}: made for model {doc['model_config']}, not this one")
     if doc["train_config"] != train_config:
         changed = sorted(k for k in train_config if doc["train_config"].get(k) != train_config[k]
-                         and k not in ("progress", "stop_after"))
+                         and k not in ("progress", "progress_label", "stop_after"))
         if changed:
             raise ModelError(f"checkpoint {path}: training config differs in {changed}")
     model.load_state_dict(doc["model"])

@@ -460,8 +460,10 @@ def fit_member(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> tuple[TrainResul
     if job.seen is None or not first.finished:
         return first, None
     torch.manual_seed(job.seed)
+    label = job.tcfg.progress_label and f"{job.tcfg.progress_label}refit, "
     again = train(Forecaster(job.config), job.seen, job.val, replace(
-        job.tcfg, seed=job.seed, run_epochs=max(first.best_epoch, 1), stop_after=0), job.rul_cap, ctx=ctx)
+        job.tcfg, seed=job.seed, run_epochs=max(first.best_epoch, 1), stop_after=0, progress_label=label),
+        job.rul_cap, ctx=ctx)
     return first, again
 
 
@@ -479,7 +481,7 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
     if workers <= 1:
         return [fit_member(job, ctx) for job in jobs]
     jobs = [replace(job, threads=max(opts.threads // workers, 1),
-                    tcfg=replace(job.tcfg, progress=False)) for job in jobs]
+                    tcfg=replace(job.tcfg, progress_label=f"member {job.k}: ")) for job in jobs]
     if opts.progress:
         print(f"training {len(jobs)} members in {workers} processes", file=sys.stderr, flush=True)
     out: dict[int, tuple[TrainResult, TrainResult | None]] = {}

@@ -52,6 +52,9 @@ class TrainConfig:
     ema: float = 0.0
     seed: int = 0
     progress: bool = True
+    # Set, each epoch's line starts with it and the batch bar is left out: lines from members
+    # training side by side in several processes stay whole and say whose they are.
+    progress_label: str = ""
     # Stop after this many epochs in this run, checkpoint kept, to resume later (0: run to the end).
     stop_after: int = 0
     # Train exactly this many epochs of the schedule (planned for `epochs`) and keep the last
@@ -219,8 +222,8 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         ep = plan.epoch(train_src, train_counts, epoch, ctx, rul_cap)
         model.train()
-        bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{last}", disable=not show,
-                   file=sys.stderr, leave=False, unit="batch")
+        bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{last}", file=sys.stderr, leave=False,
+                   unit="batch", disable=not show or bool(cfg.progress_label))
         total, seen, started = 0.0, 0.0, time.monotonic()
         for step in bar:
             rows = ep.batch(step)
@@ -253,8 +256,13 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
                                  "train_s": round(loop_s, 3), **val}
         state.curve.append(row)
         if show:
-            tqdm.write(f"epoch {epoch + 1}: train {row['train_loss']:.4f} "
-                       + " ".join(f"{k} {v:.4f}" for k, v in val.items()), file=sys.stderr)
+            line = (f"{cfg.progress_label}epoch {epoch + 1}/{last}: train {row['train_loss']:.4f} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            if cfg.progress_label:
+                sys.stderr.write(line + "\n")  # one write: whole lines when processes share stderr
+                sys.stderr.flush()
+            else:
+                tqdm.write(line, file=sys.stderr)
         score = val.get("val_rul_rmse", val["val_loss"]) if model.has_rul else val["val_loss"]
         if cfg.run_epochs:
             state.best_score, state.best_epoch = score, epoch + 1

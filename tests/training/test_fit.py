@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -233,6 +234,27 @@ class TestRefit:
         args = cli.build_parser().parse_args(["fit", "--history", "h.txt", "--out", "m.pt",
                                               "--member-processes", "3"])
         assert cli.fit_options(args).member_processes == 3
+
+    def test_members_side_by_side_report_every_epoch_as_whole_labelled_lines(
+            self, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        """Workers share the terminal: each epoch of each member (and of its refit) is one line
+        that names the member, with no batch bars from the workers in between."""
+        train = tmp_path / "train_FD009.txt"
+        train.write_text(drifting_cmapss({u: 40 + 3 * u for u in range(1, 9)}, seed=0))
+        _, summary = fit(cmapss_options(train, tmp_path / "p.pt", window=10, hidden=8, epochs=2,
+                                        windows_per_epoch=2000, members=2, threads=2, val_fraction=0.3))
+        assert summary["member_processes"] == 2
+        lines = capfd.readouterr().err.replace("\r", "\n").splitlines()
+        line = re.compile(r"member (\d): (refit, )?epoch (\d)/(\d): train \d+\.\d{4} val_loss \d+\.\d{4}.*")
+        ours = [m.groups() for m in map(line.fullmatch, lines) if m]
+        refits = summary["refit"]["epochs_run"]
+        for k, (member, refit) in enumerate(zip(summary["members"], refits, strict=True)):
+            first = [(e, n) for m, r, e, n in ours if m == str(k) and r is None]
+            again = [e for m, r, e, _ in ours if m == str(k) and r is not None]
+            assert first == [(str(e), "2") for e in range(1, member["epochs_run"] + 1)]
+            assert again == [str(e) for e in range(1, refit + 1)]
+        assert not [s for s in lines if s.startswith("member") and not line.fullmatch(s)
+                    and "members in" not in s and "epochs, best" not in s]
 
     def test_refit_is_the_cmapss_default_and_can_be_turned_off(self) -> None:
         """The C-MAPSS preset refits; --no-refit keeps the first fit's members; --refit asks for it."""
