@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -452,19 +452,31 @@ def fit_member(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> tuple[TrainResul
     """Train one member with early stopping on validation; then, with `job.seen`, the same member
     (seed, schedule) again on every asset it may learn from, for the epochs validation chose:
     the choice was made on held-out assets, the shipped weights see them all."""
+    first = first_fit(job, ctx)
+    if job.seen is None or not first.finished:
+        return first, None
+    return first, refit_member(job, first.best_epoch, ctx)
+
+
+def first_fit(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> TrainResult:
+    """Member `job.k` trained on the training assets, early-stopped on the validation ones."""
     if job.threads:
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)
-    first = train(Forecaster(job.config), job.windows, job.val, replace(job.tcfg, seed=job.seed), job.rul_cap,
-                  checkpoint=job.checkpoint, resume=job.resume, contract=job.contract, ctx=ctx)
-    if job.seen is None or not first.finished:
-        return first, None
+    return train(Forecaster(job.config), job.windows, job.val, replace(job.tcfg, seed=job.seed), job.rul_cap,
+                 checkpoint=job.checkpoint, resume=job.resume, contract=job.contract, ctx=ctx)
+
+
+def refit_member(job: MemberJob, epochs: int, ctx: dist.Dist = dist.SINGLE) -> TrainResult:
+    """Member `job.k` again, from its seed, on `job.seen` for `epochs` epochs (at least one)."""
+    assert job.seen is not None, "a refit needs the assets to refit on"
+    if job.threads:
+        torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)
     label = job.tcfg.progress_label and f"{job.tcfg.progress_label}refit, "
-    again = train(Forecaster(job.config), job.seen, job.val, replace(
-        job.tcfg, seed=job.seed, run_epochs=max(first.best_epoch, 1), stop_after=0, progress_label=label),
+    return train(Forecaster(job.config), job.seen, job.val, replace(
+        job.tcfg, seed=job.seed, run_epochs=max(epochs, 1), stop_after=0, progress_label=label),
         job.rul_cap, ctx=ctx)
-    return first, again
 
 
 def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
@@ -474,6 +486,8 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
     Members are independent, so with several threads they train side by side in worker
     processes of one thread each: a second thread speeds one 64-unit LSTM up about 1.4x, a
     second process trains a second member at full speed (bench/members.py, docs/training.md).
+    A first fit and its refit are separate tasks, queued as they become ready, so an odd member
+    out shares the workers with the others' refits instead of training alone at the end.
     A member's result depends only on its job, not on which process ran it. Under torchrun,
     or streaming, they train one after the other in this process.
     """
@@ -484,16 +498,25 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
                     tcfg=replace(job.tcfg, progress_label=f"member {job.k}: ")) for job in jobs]
     if opts.progress:
         print(f"training {len(jobs)} members in {workers} processes", file=sys.stderr, flush=True)
-    out: dict[int, tuple[TrainResult, TrainResult | None]] = {}
+    firsts: dict[int, TrainResult] = {}
+    again: dict[int, TrainResult | None] = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(fit_member, job): job.k for job in jobs}
-        for done in as_completed(futures):
-            k = futures[done]
-            out[k] = first, _ = done.result()
-            if opts.progress:
-                print(f"member {k}: {first.epochs_run} epochs, best {first.best_epoch} "
-                      f"(validation {first.best_score:.4f})", file=sys.stderr, flush=True)
-    return [out[job.k] for job in jobs]
+        pending: dict[Future[TrainResult], tuple[MemberJob, bool]] = {
+            pool.submit(first_fit, job): (job, False) for job in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job, is_refit = pending.pop(future)
+                if is_refit:
+                    again[job.k] = future.result()
+                    continue
+                first = firsts[job.k] = future.result()
+                if opts.progress:
+                    print(f"member {job.k}: {first.epochs_run} epochs, best {first.best_epoch} "
+                          f"(validation {first.best_score:.4f})", file=sys.stderr, flush=True)
+                if job.seen is not None and first.finished:
+                    pending[pool.submit(refit_member, job, first.best_epoch)] = (job, True)
+    return [(firsts[job.k], again.get(job.k)) for job in jobs]
 
 
 def member_processes(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> int:
