@@ -453,16 +453,24 @@ def fit_member(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> tuple[TrainResul
     (seed, schedule) again on every asset it may learn from, for the epochs validation chose:
     the choice was made on held-out assets, the shipped weights see them all."""
     first = first_fit(job, ctx)
-    if job.seen is None or not first.finished:
-        return first, None
-    return first, refit_member(job, first.best_epoch, ctx)
+    return first, refit_member(job, first.best_epoch, ctx) if _refits(job, first) else None
+
+
+def _refits(job: MemberJob, first: TrainResult) -> bool:
+    """A member is refitted when the run asks for it and its first fit ran to its end."""
+    return job.seen is not None and first.finished
+
+
+def _start(job: MemberJob) -> None:
+    """Threads and seed as the job asks: a member's weights depend only on its job."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)
 
 
 def first_fit(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> TrainResult:
     """Member `job.k` trained on the training assets, early-stopped on the validation ones."""
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    torch.manual_seed(job.seed)
+    _start(job)
     return train(Forecaster(job.config), job.windows, job.val, replace(job.tcfg, seed=job.seed), job.rul_cap,
                  checkpoint=job.checkpoint, resume=job.resume, contract=job.contract, ctx=ctx)
 
@@ -470,9 +478,7 @@ def first_fit(job: MemberJob, ctx: dist.Dist = dist.SINGLE) -> TrainResult:
 def refit_member(job: MemberJob, epochs: int, ctx: dist.Dist = dist.SINGLE) -> TrainResult:
     """Member `job.k` again, from its seed, on `job.seen` for `epochs` epochs (at least one)."""
     assert job.seen is not None, "a refit needs the assets to refit on"
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    torch.manual_seed(job.seed)
+    _start(job)
     label = job.tcfg.progress_label and f"{job.tcfg.progress_label}refit, "
     return train(Forecaster(job.config), job.seen, job.val, replace(
         job.tcfg, seed=job.seed, run_epochs=max(epochs, 1), stop_after=0, progress_label=label),
@@ -484,7 +490,7 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
     """Every member's fit (and refit), in member order.
 
     Members are independent, so with several threads they train side by side in worker
-    processes of one thread each: a second thread speeds one 64-unit LSTM up about 1.4x, a
+    processes of one thread each: a second thread speeds one 64-unit LSTM up 1.4-1.6x, a
     second process trains a second member at full speed (bench/members.py, docs/training.md).
     A first fit and its refit are separate tasks, queued as they become ready, so an odd member
     out shares the workers with the others' refits instead of training alone at the end.
@@ -514,7 +520,7 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
                 if opts.progress:
                     print(f"member {job.k}: {first.epochs_run} epochs, best {first.best_epoch} "
                           f"(validation {first.best_score:.4f})", file=sys.stderr, flush=True)
-                if job.seen is not None and first.finished:
+                if _refits(job, first):
                     pending[pool.submit(refit_member, job, first.best_epoch)] = (job, True)
     return [(firsts[job.k], again.get(job.k)) for job in jobs]
 
