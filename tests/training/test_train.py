@@ -12,9 +12,9 @@ import torch
 from agent.errors import ModelError
 from tests.training.tiny import run_to_failure
 from training import checkpoint as ckpt
+from training import distributed as dist
 from training.labels import Inputs
 from training.model import Ensemble, Forecaster, ModelConfig, ewma
-from training import distributed as dist
 from training.shards import as_source, census
 from training.train import TrainConfig, train, validate
 
@@ -70,13 +70,13 @@ class TestTrain:
             model.rul.bias.fill_(bias)  # every window predicted bias x cap, or 0 when negative
         cfg = replace(CFG, cut_rul=(5.0, 200.0), cut_seen=20)
         src = as_source(va)
-        scores = validate(model, src, census(src, dist.SINGLE, cfg.shard_windows), cfg, dist.SINGLE, 1.0, 30.0)
-        pred = max(bias, 0.0) * 30.0
+        counts = census(src, dist.SINGLE, cfg.shard_windows)
+        scores = validate(model, src, counts, cfg, dist.SINGLE, 1.0, 30.0)
         # A window ending at cell e (from 0) has seen e + 1 cells and has RUL life - 1 - e: seen >= 20
         # leaves true RULs 5 .. life - 20, beyond the cap of 30 for most of them.
-        per_asset = [np.mean((pred - np.arange(5, life - 19)) ** 2) for life in (100, 110)]
-        assert scores["val_cut_rmse"] == pytest.approx(np.sqrt(np.mean(per_asset)), rel=1e-6)
-        pooled = np.sqrt(np.mean(np.concatenate([(pred - np.arange(5, life - 19)) ** 2 for life in (100, 110)])))
+        sq = [(max(bias, 0.0) * 30.0 - np.arange(5, life - 19)) ** 2 for life in (100, 110)]
+        assert scores["val_cut_rmse"] == pytest.approx(np.sqrt(np.mean([e.mean() for e in sq])), rel=1e-6)
+        pooled = np.sqrt(np.concatenate(sq).mean())
         assert abs(scores["val_cut_rmse"] - pooled) > 0.1
         assert abs(scores["val_cut_rmse"] - scores["val_rul_rmse"]) > 1.0  # not the capped figure
         result = train(new_model(), *tiny_data(), cfg, 30.0)
