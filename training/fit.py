@@ -108,9 +108,6 @@ class FitOptions:
     lr: float = 3e-3
     weight_decay: float = 0.0
     patience: int = 4
-    # Early stopping on validation windows like a test's cuts (TrainConfig.cut_rul; (0, 0): off).
-    cut_rul: tuple[float, float] = (0.0, 0.0)
-    cut_seen: int = 0
     input_noise: float = 0.0
     ema: float = 0.0
     forecast_weight: float = 1.0
@@ -350,8 +347,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                        head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
-        windows_per_epoch=opts.windows_per_epoch, patience=opts.patience, cut_rul=opts.cut_rul,
-        cut_seen=opts.cut_seen,
+        windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
         forecast_weight=opts.forecast_weight, fail_weight=opts.fail_weight, rul_weight=opts.rul_weight,
         huber_delta=opts.huber_delta, input_noise=opts.input_noise, ema=opts.ema, seed=opts.seed,
         progress=opts.progress, stop_after=opts.stop_after, shards=opts.shards,

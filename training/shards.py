@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -106,8 +106,6 @@ class Rows:
     fail: F32               # [n] failure within the horizon
     rul: F32                # [n] RUL / cap, NaN where unknown
     ids: IntArray           # [n, 2] (asset index in the source, end cell)
-    rul_cells: F32          # [n] cells to the next failure, uncapped, NaN where unknown
-    seen: F32               # [n] cells of the asset seen up to the window's end (padding not counted)
 
     def __len__(self) -> int:
         return len(self.fail)
@@ -120,8 +118,7 @@ class Rows:
     def empty(shape: Shape) -> Rows:
         return Rows(np.zeros((0, shape.window, shape.channels), np.float32),
                     np.zeros((0, shape.horizon, shape.channels), np.float32), np.zeros(0, bool),
-                    np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.int64),
-                    np.zeros(0, np.float32), np.zeros(0, np.float32))
+                    np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.int64))
 
     @staticmethod
     def concat(parts: Sequence[Rows], shape: Shape) -> Rows:
@@ -130,7 +127,8 @@ class Rows:
             return Rows.empty(shape)
         if len(parts) == 1:
             return parts[0]
-        return Rows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rows)))
+        return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                      ("x", "y", "has_target", "fail", "rul", "ids")))
 
 
 @dataclass(frozen=True)
@@ -144,9 +142,7 @@ class _Loaded:
     def rows(self, idx: IntArray) -> Rows:
         ws = self.data.ws
         ids = np.stack([self.aid[idx], ws.end_cell[idx]], axis=1)
-        seen = (ws.ends[idx] - ws.first_row[idx] + 1).astype(np.float32)
-        return Rows(self.data.x(idx), self.data.y(idx), ws.has_target[idx], ws.fail[idx], self.rul[idx], ids,
-                    ws.rul[idx], seen)
+        return Rows(self.data.x(idx), self.data.y(idx), ws.has_target[idx], ws.fail[idx], self.rul[idx], ids)
 
 
 def loaded(source: WindowSource, data: Inputs, rul_cap: float) -> _Loaded:
@@ -217,7 +213,7 @@ class Shard:
         self.loaded = {g: v for g, v in self.loaded.items() if g >= first}  # drop drawn-out groups
         if self.noise > 0 and len(rows):
             noise = self.noise_rng.standard_normal(rows.x.shape, dtype=np.float32) * np.float32(self.noise)
-            rows = replace(rows, x=rows.x + noise)
+            rows = Rows(rows.x + noise, rows.y, rows.has_target, rows.fail, rows.rul, rows.ids)
         return rows
 
 

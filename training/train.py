@@ -1,9 +1,8 @@
 """One readable training loop: Gaussian NLL for forecasts, BCE for failure, Huber for RUL.
 
 Adam with a warm-up and cosine learning-rate schedule, early stopping on validation
-(RUL RMSE when the model has an RUL head, optionally on test-like cuts only, else the
-validation loss), a checkpoint after every epoch, and per-epoch seeds, so a resumed run
-continues exactly where it stopped.
+(RUL RMSE when the model has an RUL head, else the validation loss), a checkpoint after
+every epoch, and per-epoch seeds, so a resumed run continues exactly where it stopped.
 The same loop runs on one process or on several under torchrun (DDP, `training.distributed`).
 """
 
@@ -42,12 +41,6 @@ class TrainConfig:
     windows_per_epoch: int = 40_000
     val_windows: int = 20_000
     patience: int = 4
-    # With an RUL head and cut_rul (lo, hi) set, early stopping scores the validation windows
-    # that look like a test's cuts: true RUL lo..hi cells and at least `cut_seen` cells of the
-    # asset seen, predicted against the uncapped truth, every asset weighing alike (its windows
-    # stand for one cut drawn at random). (0, 0): the capped RUL RMSE over every window.
-    cut_rul: tuple[float, float] = (0.0, 0.0)
-    cut_seen: int = 0
     forecast_weight: float = 1.0
     fail_weight: float = 1.0
     rul_weight: float = 1.0
@@ -119,14 +112,9 @@ def loss_sums(heads: Heads, model: Forecaster, rows: Rows, cfg: TrainConfig, pos
         # forward and backward, so it contributes zero through the same graph.
         out = heads(torch.zeros(1, 1, model.n_channels, device=device))
         return torch.stack([o.sum() for o in out]).sum().mul(0.0).expand(4)
-    return sums_of(heads(torch.from_numpy(rows.x).to(device)), model, rows, cfg, pos_weight, device)
-
-
-def sums_of(out: tuple[Tensor, Tensor, Tensor, Tensor], model: Forecaster, rows: Rows, cfg: TrainConfig,
-            pos_weight: float, device: torch.device) -> Tensor:
-    """`loss_sums` from the heads' outputs for `rows`."""
-    mean, logvar, logit, rul = out
-    zero = rul.new_zeros(())
+    x = torch.from_numpy(rows.x).to(device)
+    mean, logvar, logit, rul = heads(x)
+    zero = x.new_zeros(())
     nll = bce = huber = sq = zero
     if model.has_forecast:
         y = torch.from_numpy(rows.y).to(device)
@@ -275,7 +263,7 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
                 sys.stderr.flush()
             else:
                 tqdm.write(line, file=sys.stderr)
-        score = val.get("val_cut_rmse", val.get("val_rul_rmse", val["val_loss"]))
+        score = val.get("val_rul_rmse", val["val_loss"]) if model.has_rul else val["val_loss"]
         if cfg.run_epochs:
             state.best_score, state.best_epoch = score, epoch + 1
             state.best_state = copy.deepcopy(kept.state_dict())
@@ -320,48 +308,15 @@ def validate(model: Forecaster, source: WindowSource, counts: Census, cfg: Train
     """
     model.eval()
     sums, n = np.zeros(4), np.zeros(3)
-    cuts = _CutErrors(cfg, len(source.assets), rul_cap) if model.has_rul and cfg.cut_rul[1] > 0 else None
     with torch.no_grad():
         for rows in validation_rows(source, counts, ctx, cfg.shard_windows, cfg.val_windows, rul_cap):
-            if not len(rows):
-                continue
-            out = model.heads(torch.from_numpy(rows.x).to(ctx.device))
-            sums += sums_of(out, model, rows, cfg, pos_weight, ctx.device).double().cpu().numpy()
+            sums += loss_sums(model.heads, model, rows, cfg, pos_weight, ctx.device).double().cpu().numpy()
             n += rows.counts()
-            if cuts is not None:
-                cuts.add(rows, out[3].double().cpu().numpy())
     both = dist.all_reduce_sum(ctx, np.concatenate([sums, n]))
     loss, parts = combine(torch.from_numpy(both[:4]), both[4:], model, cfg)
-    scores = {"val_loss": float(loss)}
-    scores.update({f"val_{k}": float(parts[k]) for k in ("nll", "bce") if k in parts})
+    out = {"val_loss": float(loss)}
+    out.update({f"val_{k}": float(parts[k]) for k in ("nll", "bce") if k in parts})
     if model.has_rul:
-        scores["val_rul"] = float(parts["rul"])
-        scores["val_rul_rmse"] = math.sqrt(float(parts["rul_mse"])) * rul_cap
-    if cuts is not None and (rmse := cuts.rmse(ctx)) is not None:
-        scores["val_cut_rmse"] = rmse
-    return scores
-
-
-class _CutErrors:
-    """Squared errors of the windows that look like a test's cuts (`TrainConfig.cut_rul`), by asset."""
-
-    def __init__(self, cfg: TrainConfig, n_assets: int, rul_cap: float) -> None:
-        self.lo, self.hi = cfg.cut_rul
-        self.seen, self.cap = cfg.cut_seen, rul_cap
-        self.sq, self.n = np.zeros(n_assets), np.zeros(n_assets)
-
-    def add(self, rows: Rows, rul: npt.NDArray[np.float64]) -> None:
-        """`rul`: the RUL head's raw outputs for `rows` (RUL / cap), served clamped at zero."""
-        truth = rows.rul_cells.astype(np.float64)
-        keep = np.isfinite(truth) & (truth >= self.lo) & (truth <= self.hi) & (rows.seen >= self.seen)
-        err = np.maximum(rul[keep], 0.0) * self.cap - truth[keep]
-        np.add.at(self.sq, rows.ids[keep, 0], err**2)
-        np.add.at(self.n, rows.ids[keep, 0], 1.0)
-
-    def rmse(self, ctx: dist.Dist) -> float | None:
-        """Over all processes: the root of the mean over assets of each one's mean squared error
-        (None when no validation window qualifies)."""
-        per_asset = self.sq / np.maximum(self.n, 1.0)
-        has = self.n > 0
-        total, assets = dist.all_reduce_sum(ctx, [per_asset[has].sum(), float(has.sum())])
-        return math.sqrt(total / assets) if assets > 0 else None
+        out["val_rul"] = float(parts["rul"])
+        out["val_rul_rmse"] = math.sqrt(float(parts["rul_mse"])) * rul_cap
+    return out

@@ -27,10 +27,9 @@ from training.model import Forecaster, ModelConfig
 from training.train import TrainConfig, train
 
 # 4 shards: runs on 1, 2 or 4 processes draw the same global batches. Loads of about 150
-# windows (2 or 3 assets) make the shards load, mix and drop groups within an epoch. The cut
-# score's per-asset errors are added up over the processes that hold the validation assets.
+# windows (2 or 3 assets) make the shards load, mix and drop groups within an epoch.
 CFG = TrainConfig(epochs=3, batch_size=64, lr=5e-3, patience=10, seed=3, progress=False, input_noise=0.05,
-                  ema=0.9, shards=4, shard_windows=150, cut_rul=(3.0, 60.0), cut_seen=10)
+                  ema=0.9, shards=4, shard_windows=150)
 RUL_CAP = 30.0
 LONELY = replace(CFG, epochs=1, shards=2)
 

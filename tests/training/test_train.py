@@ -12,11 +12,9 @@ import torch
 from agent.errors import ModelError
 from tests.training.tiny import run_to_failure
 from training import checkpoint as ckpt
-from training import distributed as dist
 from training.labels import Inputs
 from training.model import Ensemble, Forecaster, ModelConfig, ewma
-from training.shards import as_source, census
-from training.train import TrainConfig, train, validate
+from training.train import TrainConfig, train
 
 
 def tiny_data() -> tuple[Inputs, Inputs]:
@@ -57,31 +55,6 @@ class TestTrain:
         best = min(r["val_rul_rmse"] for r in result.curve)
         assert result.best_score == pytest.approx(best)
         assert 0 < best < 30
-
-    @pytest.mark.parametrize("bias", [0.5, -0.1])
-    def test_cut_score_weighs_assets_alike_against_the_uncapped_truth(self, bias: float) -> None:
-        """With cut_rul, validation also scores the windows like a test's cuts: true RUL in range,
-        enough cells seen, the served (clamped) prediction against the uncapped truth, each asset's
-        mean squared error weighing alike; early stopping then keeps the best of that score."""
-        _, va = tiny_data()  # validation assets live 100 and 110 cells, failing at their last
-        model = new_model()
-        with torch.no_grad():
-            model.rul.weight.zero_()
-            model.rul.bias.fill_(bias)  # every window predicted bias x cap, or 0 when negative
-        cfg = replace(CFG, cut_rul=(5.0, 200.0), cut_seen=20)
-        src = as_source(va)
-        counts = census(src, dist.SINGLE, cfg.shard_windows)
-        scores = validate(model, src, counts, cfg, dist.SINGLE, 1.0, 30.0)
-        # A window ending at cell e (from 0) has seen e + 1 cells and has RUL life - 1 - e: seen >= 20
-        # leaves true RULs 5 .. life - 20, beyond the cap of 30 for most of them.
-        sq = [(max(bias, 0.0) * 30.0 - np.arange(5, life - 19)) ** 2 for life in (100, 110)]
-        assert scores["val_cut_rmse"] == pytest.approx(np.sqrt(np.mean([e.mean() for e in sq])), rel=1e-6)
-        pooled = np.sqrt(np.concatenate(sq).mean())
-        assert abs(scores["val_cut_rmse"] - pooled) > 0.1
-        assert abs(scores["val_cut_rmse"] - scores["val_rul_rmse"]) > 1.0  # not the capped figure
-        result = train(new_model(), *tiny_data(), cfg, 30.0)
-        assert result.best_score == pytest.approx(min(r["val_cut_rmse"] for r in result.curve))
-        assert "val_cut_rmse" not in train(new_model(), *tiny_data(), CFG, 30.0).curve[0]
 
     def test_run_epochs_keeps_the_last_weights_of_the_same_schedule(self) -> None:
         """run_epochs=N trains the first N epochs of the schedule planned for `epochs`, exactly as a full
