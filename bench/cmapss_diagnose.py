@@ -78,7 +78,12 @@ def isotonic(x: Array, y: Array) -> tuple[Array, Array, Array]:
 
 
 def corrections(folds: list[dict[str, Array]]) -> dict[str, tuple[float, float]]:
-    """Raw and cross-fitted corrected predictions: pooled RMSE and score per 100 cuts."""
+    """Raw and cross-fitted corrected predictions: pooled RMSE and score per 100 cuts.
+
+    A run stopped after its first fold has no other folds to fit a correction on: raw only.
+    """
+    if len(folds) < 2:
+        return {"raw": pooled([(f["pred"], f["truth"]) for f in folds])}
     out: dict[str, list[tuple[Array, Array]]] = {"raw": [], "shift": [], "line": [], "isotonic": []}
     for k, f in enumerate(folds):
         px = np.concatenate([g["pred"] for j, g in enumerate(folds) if j != k])

@@ -115,3 +115,13 @@ def test_members_stand_for_the_prediction(tmp_path: Path, capsys: pytest.Capture
     plain = write_run(tmp_path / "p", ts, ts)
     with pytest.raises(SystemExit, match="the run kept 0"):
         diag.main([str(plain), "--members", "0"])
+
+
+def test_a_run_stopped_after_one_fold_is_scored_raw(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A single fold has no others to fit corrections on: its raw figures, and no correction."""
+    ts = truths(folds=1)
+    e = np.resize([3.0, -3.0], len(ts[0]))
+    assert diag.main([str(write_run(tmp_path / "one", [ts[0] + e], ts))]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[str(tmp_path / "one")]
+    assert report["rmse"] == pytest.approx(3.0) and report["corrected_rmse"] == {}
