@@ -77,7 +77,8 @@ def load(path: Path, model: Forecaster, opt: torch.optim.Optimizer, sched: Any, 
          train_config: dict[str, Any]) -> LoopState:
     """Restore a run into freshly built objects; refuse a checkpoint of another model or config."""
     doc = read(path)
-    if doc["model_config"] != asdict(model_config(model)):
+    # Rebuilt through ModelConfig, a checkpoint from before a field existed has that field's default.
+    if ModelConfig(**doc["model_config"]) != model_config(model):
         raise ModelError(f"checkpoint {path}: made for model {doc['model_config']}, not this one")
     if doc["train_config"] != train_config:
         changed = sorted(k for k in train_config if doc["train_config"].get(k) != train_config[k]

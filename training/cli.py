@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
                    help="no forecast heads (then risk comes from the failure head alone)")
     f.add_argument("--cell", choices=["lstm", "gru", "rnn"], help="recurrent cell (default lstm)")
+    f.add_argument("--pool", choices=["last", "attention"],
+                   help="what the heads read: the last state, or attention over the window (default last)")
     f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
     f.add_argument("--smooth", type=_fraction,
                    help="exponential smoothing of the window inside the model, alpha (0: off)")

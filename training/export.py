@@ -167,7 +167,8 @@ def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: i
         fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
         rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
         head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
-        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)))
+        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)),
+        pool="attention" if bool(getattr(scripted, "attention", False)) else "last")
 
 
 def export_onnx_beside(path: Path, probe_size: int = 64) -> tuple[Path, ModelSpec]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 # Elman RNN (tanh) is the cheapest cell; LSTM the default; GRU between the two.
 CELLS: dict[str, type[nn.LSTM] | type[nn.GRU] | type[nn.RNN]] = {
     "lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+POOLS = ("last", "attention")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class ModelConfig:
     # Causal exponential smoothing of the normalised window inside the model (0: off). The
     # agent still sends raw windows; the smoothing travels in the file with the weights.
     smooth: float = 0.0
+    # What the heads read: the encoder's last state ("last"), or a learnt softmax-weighted mean
+    # of its states over the whole window ("attention": one more linear layer of hidden + 1 weights).
+    pool: str = "last"
 
 
 class Forecaster(nn.Module):
@@ -59,9 +63,13 @@ class Forecaster(nn.Module):
         self.smooth = float(cfg.smooth)
         if cfg.cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
+        if cfg.pool not in POOLS:
+            raise ValueError(f"pool must be one of {list(POOLS)}, got {cfg.pool!r}")
         self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                                     dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
+        self.attention = cfg.pool == "attention"
+        self.attend = _linear(cfg.hidden, 1 if self.attention else 0)
         n_forecast = 2 * cfg.horizon * cfg.n_channels if cfg.forecast_head else 0
         self.forecast = _linear(cfg.hidden, n_forecast)
         self.fail = _linear(cfg.hidden, 1 if cfg.fail_head else 0)
@@ -76,7 +84,13 @@ class Forecaster(nn.Module):
         if self.smooth > 0.0:
             x = ewma(x, self.smooth)
         out, _ = self.lstm(x)
-        h: Tensor = self.drop(out[:, -1, :])
+        if self.attention:
+            # Each step's weight from its own state: the trend's knee can count as much as the end.
+            weights = torch.softmax(self.attend(out), dim=1)  # [B, W, 1]
+            pooled = (weights * out).sum(dim=1)
+        else:
+            pooled = out[:, -1, :]
+        h: Tensor = self.drop(pooled)
         return h
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

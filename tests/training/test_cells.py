@@ -1,4 +1,5 @@
-"""The recurrent cell is a choice (lstm, gru, rnn) that survives export, rebuild and the agent's runtime."""
+"""The recurrent cell (lstm, gru, rnn) and what the heads read of it (last state, attention) are choices
+that survive export, rebuild and the agent's runtime."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from training.export import export, rebuild
 from training.model import CELLS, Forecaster, ModelConfig, n_params
 
 
-def _model(cell: str) -> Forecaster:
+def _model(cell: str, pool: str = "last") -> Forecaster:
     torch.manual_seed(0)
-    return Forecaster(ModelConfig(n_channels=len(CHANNELS), horizon=HORIZON, hidden=8, cell=cell))
+    return Forecaster(ModelConfig(n_channels=len(CHANNELS), horizon=HORIZON, hidden=8, cell=cell, pool=pool))
 
 
-@pytest.mark.parametrize("cell", sorted(CELLS))
-def test_cell_round_trips_through_export_and_the_agent(cell: str, tmp_path: Path) -> None:
-    """The agent's runtime gives the eager outputs, and the file rebuilds into the same cell."""
-    model = _model(cell)
+@pytest.mark.parametrize(("cell", "pool"), [(c, "last") for c in sorted(CELLS)] + [("lstm", "attention")])
+def test_cell_round_trips_through_export_and_the_agent(cell: str, pool: str, tmp_path: Path) -> None:
+    """The agent's runtime gives the eager outputs, and the file rebuilds into the same cell and pool."""
+    model = _model(cell, pool)
     x = np.random.default_rng(0).normal(size=(5, WINDOW, len(CHANNELS))).astype(np.float32)
     export(model, make_spec(), x, tmp_path / "m.pt")
     out = load_model(tmp_path / "m.pt").infer(x)
@@ -33,7 +34,7 @@ def test_cell_round_trips_through_export_and_the_agent(cell: str, tmp_path: Path
     np.testing.assert_allclose(out.fail_prob, eager["fail_prob"].numpy(), atol=1e-6)
     np.testing.assert_allclose(out.forecast_mean, eager["forecast_mean"].numpy(), atol=1e-6)
     again, _ = rebuild(tmp_path / "m.pt")
-    assert again.config.cell == cell
+    assert again.config.cell == cell and again.config.pool == pool
 
 
 def test_cells_differ_in_size() -> None:
@@ -46,3 +47,29 @@ def test_cells_differ_in_size() -> None:
 def test_cli_offers_every_cell() -> None:
     args = cli.build_parser().parse_args(["fit", "--history", "h.csv", "--out", "m.pt", "--cell", "rnn"])
     assert cli.fit_options(args).cell == "rnn"
+
+
+def test_attention_pools_the_states_by_learnt_weights() -> None:
+    """Attention reads a softmax-weighted mean of the encoder's states: with its scores all equal,
+    their plain mean; "last" reads the last state; any other pool is refused."""
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(4, WINDOW, len(CHANNELS))).astype(np.float32))
+    last, attention = _model("lstm"), _model("lstm", "attention")
+    with torch.no_grad():
+        states, _ = attention.lstm(x)
+        attention.attend.weight.zero_()
+        torch.testing.assert_close(attention.encode(x), states.mean(dim=1))
+        attention.attend.bias.fill_(3.0)  # a shared score still weighs every step alike
+        torch.testing.assert_close(attention.encode(x), states.mean(dim=1))
+        attention.attend.weight[0, 0] = 5.0  # unequal scores: no longer the mean
+        assert not torch.allclose(attention.encode(x), states.mean(dim=1), atol=1e-3)
+        own, _ = last.lstm(x)
+        torch.testing.assert_close(last.encode(x), own[:, -1, :])
+    assert n_params(attention) == n_params(last) + 8 + 1
+    with pytest.raises(ValueError, match="pool must be one of"):
+        _model("lstm", "max")
+
+
+def test_cli_offers_attention() -> None:
+    args = cli.build_parser().parse_args(["fit", "--history", "h.csv", "--out", "m.pt",
+                                          "--pool", "attention"])
+    assert cli.fit_options(args).pool == "attention"

@@ -113,6 +113,20 @@ class TestCheckpoint:
         with pytest.raises(ModelError, match="made for model"):
             train(other, tr, va, CFG, 30.0, checkpoint=path, resume=True)
 
+    def test_checkpoint_from_before_a_model_field_resumes_at_its_default(self, tmp_path: Path) -> None:
+        """A checkpoint written before `pool` existed resumes a model at the default ("last"), not one
+        with attention."""
+        tr, va = tiny_data()
+        path = tmp_path / "c.ckpt"
+        train(new_model(), tr, va, replace(CFG, stop_after=1), 30.0, checkpoint=path)
+        doc = ckpt.read(path)
+        del doc["model_config"]["pool"]
+        torch.save(doc, path)
+        assert train(new_model(), tr, va, CFG, 30.0, checkpoint=path, resume=True).epochs_run == 4
+        attending = Forecaster(replace(new_model().config, pool="attention"))
+        with pytest.raises(ModelError, match="made for model"):
+            train(attending, tr, va, CFG, 30.0, checkpoint=path, resume=True)
+
 
 class TestModelParts:
     def test_ewma_is_causal_exponential_smoothing(self) -> None:
