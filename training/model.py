@@ -69,7 +69,8 @@ class Forecaster(nn.Module):
                                     dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.attention = cfg.pool == "attention"
-        self.attend = _linear(cfg.hidden, 1 if self.attention else 0)
+        # Without attention, no weights: last-state files and checkpoints stay as they were.
+        self.attend: nn.Module = nn.Linear(cfg.hidden, 1) if self.attention else nn.Identity()
         n_forecast = 2 * cfg.horizon * cfg.n_channels if cfg.forecast_head else 0
         self.forecast = _linear(cfg.hidden, n_forecast)
         self.fail = _linear(cfg.hidden, 1 if cfg.fail_head else 0)

@@ -65,6 +65,7 @@ def test_attention_pools_the_states_by_learnt_weights() -> None:
         own, _ = last.lstm(x)
         torch.testing.assert_close(last.encode(x), own[:, -1, :])
     assert n_params(attention) == n_params(last) + 8 + 1
+    assert not any("attend" in k for k in last.state_dict())  # files from before attention still load
     with pytest.raises(ValueError, match="pool must be one of"):
         _model("lstm", "max")
 
