@@ -78,7 +78,12 @@ def load(path: Path, model: Forecaster, opt: torch.optim.Optimizer, sched: Any, 
     """Restore a run into freshly built objects; refuse a checkpoint of another model or config."""
     doc = read(path)
     # Rebuilt through ModelConfig, a checkpoint from before a field existed has that field's default.
-    if ModelConfig(**doc["model_config"]) != model_config(model):
+    try:
+        stored = ModelConfig(**doc["model_config"])
+    except TypeError as exc:  # a field this version does not know: written by a newer one
+        raise ModelError(f"checkpoint {path}: model config {doc['model_config']} is not one this version "
+                         f"can build ({exc})") from exc
+    if stored != model_config(model):
         raise ModelError(f"checkpoint {path}: made for model {doc['model_config']}, not this one")
     if doc["train_config"] != train_config:
         changed = sorted(k for k in train_config if doc["train_config"].get(k) != train_config[k]

@@ -126,6 +126,10 @@ class TestCheckpoint:
         attending = Forecaster(replace(new_model().config, pool="attention"))
         with pytest.raises(ModelError, match="made for model"):
             train(attending, tr, va, CFG, 30.0, checkpoint=path, resume=True)
+        doc["model_config"]["lens"] = "wide"  # a field from a newer version: a clear refusal
+        torch.save(doc, path)
+        with pytest.raises(ModelError, match="not one this version can build"):
+            train(new_model(), tr, va, CFG, 30.0, checkpoint=path, resume=True)
 
 
 class TestModelParts:
