@@ -1,6 +1,6 @@
 """NASA C-MAPSS benchmark under the standard protocol (../shared/data/cmapss/README.md).
 
-    python bench/cmapss.py --data ../shared/data/cmapss --subset FD001 [--seeds 3] [--cell lstm]
+    python bench/cmapss.py --data ../shared/data/cmapss --subset FD001 [--seeds 3] [--cell lstm] [--pool last]
 
 For each seed: `vigil-train fit --format cmapss` on train_FD00x.txt (validation engines drawn
 from that file, early stopping on them; the test file is never seen in training), then one
@@ -72,8 +72,8 @@ def ms_per_window(model: Path, x: np.ndarray, batch: int, repeats: int) -> float
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     train = args.data / f"train_{args.subset}.txt"
     out = work / f"{args.subset}_seed{seed}.pt"
-    opts = cmapss_options(train, out, seed=seed, threads=args.threads, progress=not args.quiet,
-                          **({"cell": args.cell} if args.cell else {}))
+    chosen = {k: v for k, v in (("cell", args.cell), ("pool", args.pool)) if v}
+    opts = cmapss_options(train, out, seed=seed, threads=args.threads, progress=not args.quiet, **chosen)
     t0, c0 = time.monotonic(), cpu_seconds_with_children()
     spec, summary = fit(opts)
     seconds, cpu = time.monotonic() - t0, cpu_seconds_with_children() - c0
@@ -110,6 +110,8 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
     cell = (args.cell or "lstm").upper()
     if rows[0]["members"] > 1:
         cell = f"{rows[0]['members']} averaged {cell}s"
+    if args.pool == "attention":
+        cell += " with attention pooling"
     if rows[0]["refit"]:
         cell += " (refit on all training engines)"
     lines.append(f"| **Vigil {cell}, mean of {len(rows)} seeds** | "
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"],
                    help="recurrent cell (default: the preset's lstm)")
+    p.add_argument("--pool", choices=["last", "attention"],
+                   help="what the heads read of the cell (default: the preset's last state)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
