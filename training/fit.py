@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -508,7 +510,8 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
         print(f"training {len(jobs)} members in {workers} processes", file=sys.stderr, flush=True)
     firsts: dict[int, TrainResult] = {}
     again: dict[int, TrainResult | None] = {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         pending: dict[Future[TrainResult], tuple[MemberJob, bool]] = {
             pool.submit(first_fit, job): (job, False) for job in jobs}
         while pending:
@@ -525,6 +528,23 @@ def _fit_members(jobs: list[MemberJob], opts: FitOptions, ctx: dist.Dist
                 if _refits(job, first):
                     pending[pool.submit(refit_member, job, first.best_epoch)] = (job, True)
     return [(firsts[job.k], again.get(job.k)) for job in jobs]
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initialiser: exit once the parent (its pid passed in: it may be dead already by
+    the time a worker has imported torch) is gone.
+
+    A parent killed outright (`kill PID`, the OOM killer) cannot stop its pool; its workers
+    would go on training members for nobody, then wait forever on a dead queue, each holding
+    its share of the CPU and its copy of the windows.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:  # orphans are handed to init (or a subreaper)
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def member_processes(opts: FitOptions, ctx: dist.Dist = dist.SINGLE) -> int:
