@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,43 +17,53 @@ from tests.training.test_fit import drifting_cmapss
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _state(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process from /proc; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    st = _state(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
 def _workers(parent: int) -> list[int]:
-    """Live multiprocessing workers (not the resource tracker) whose parent is `parent`."""
+    """Multiprocessing workers (not the resource tracker) whose parent is `parent`, from /proc."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        st = _state(int(entry.name))
         try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             cmd = (entry / "cmdline").read_bytes()
-        except OSError:
+        except (OSError, IndexError, ValueError):
             continue
-        if st is not None and st[1] == parent and b"spawn_main" in cmd and _alive(int(entry.name)):
+        if ppid == parent and b"spawn_main" in cmd:
             found.append(int(entry.name))
     return found
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return bool(cond())
+class Output:
+    """The run's stderr, read as it comes: each wait blocks on the pipe, up to a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self.fd, self.text = proc.stderr.fileno(), b""
+
+    def wait(self, done: object, timeout: float) -> bool:
+        """Read until `done()` holds (checked after each chunk) or `timeout` seconds pass."""
+        assert callable(done)
+        end = time.monotonic() + timeout
+        while not done():
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return bool(done())
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return bool(done())
+            self.text += chunk
+        return True
+
+
+def _all_exit(pidfds: list[int], timeout: float) -> bool:
+    """Block until every process behind `pidfds` has exited, or `timeout` seconds pass."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    end, left = time.monotonic() + timeout, set(pidfds)
+    while left and time.monotonic() < end:
+        for fd, _ in poller.poll(max(end - time.monotonic(), 0) * 1000):
+            left.discard(fd)
+            poller.unregister(fd)
+    return not left
 
 
 @pytest.mark.parametrize("when", ["starting", "training"])
@@ -67,22 +77,32 @@ def test_member_workers_exit_when_the_run_is_killed(tmp_path: Path, when: str) -
            "--out", str(tmp_path / "m.pt"), "--window", "10", "--hidden", "8", "--epochs", "1000",
            "--patience", "1000", "--windows-per-epoch", "2000", "--members", "2", "--threads", "2",
            "--val-fraction", "0.3"]
-    log = tmp_path / "fit.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=out)
-    workers: list[int] = []
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = Output(proc)
+    pidfds: list[int] = []
     try:
-        assert _wait_for(lambda: len(_workers(proc.pid)) == 2, 60.0), "the run never started 2 workers"
-        workers = _workers(proc.pid)
+        # Printed just before the pool starts; its workers are spawned (not yet initialised)
+        # by the time the submits behind it return, well within the first epoch line's wait.
+        assert out.wait(lambda: b"training 2 members in 2 processes" in out.text, 60.0), out.text
         if when == "training":
-            assert _wait_for(lambda: b"member 1: epoch 2/" in log.read_bytes(), 60.0), log.read_text()
+            assert out.wait(lambda: b"member 1: epoch 2/" in out.text, 60.0), out.text
+        workers = _workers(proc.pid)
+        if len(workers) < 2:  # the submits may not have returned yet: the next output comes after
+            out.wait(lambda: len(_workers(proc.pid)) == 2, 10.0)
+            workers = _workers(proc.pid)
+        assert len(workers) == 2, out.text
+        # Opened before the kill: a pidfd names the process itself, never a reused pid.
+        pidfds = [os.pidfd_open(w) for w in workers]
         proc.kill()
         proc.wait(timeout=10)
-        assert _wait_for(lambda: not any(map(_alive, workers)), 15.0), \
-            f"workers {[w for w in workers if _alive(w)]} outlived the killed run"
+        assert _all_exit(pidfds, 15.0), f"workers {workers} outlived the killed run"
         assert not (tmp_path / "m.pt").exists()
     finally:
         proc.kill()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        for fd in pidfds:
+            if not select.select([fd], [], [], 0)[0]:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
