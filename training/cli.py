@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
                    help="no forecast heads (then risk comes from the failure head alone)")
     f.add_argument("--cell", choices=["lstm", "gru", "rnn"], help="recurrent cell (default lstm)")
+    f.add_argument("--encoder", choices=["recurrent", "trend"],
+                   help="the recurrent cell, or an MLP on the window's recent levels and slopes "
+                        "(training/trend.py; --hidden sets its width, --dropout its input dropout)")
     f.add_argument("--pool", choices=["last", "attention"],
                    help="what the heads read: the last state, or attention over the window (default last)")
     f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")

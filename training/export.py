@@ -159,6 +159,13 @@ def _under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: int) -> ModelConfig:
     """A scripted Forecaster's constructor arguments, from its attributes and weight shapes."""
+    if "trend.basis" in sd:
+        return ModelConfig(
+            n_channels=n_channels, horizon=int(scripted.horizon), hidden=int(sd["trend.out.weight"].shape[0]),
+            fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
+            rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
+            head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
+            smooth=float(scripted.smooth), encoder="trend", window=int(sd["trend.basis"].shape[0]))
     hidden = int(sd["lstm.weight_hh_l0"].shape[1])
     gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
     return ModelConfig(

@@ -93,6 +93,7 @@ class FitOptions:
     forecast: bool = True
     cell: str = "lstm"
     pool: str = "last"                    # or "attention" (training/model.py)
+    encoder: str = "recurrent"            # or "trend" (training/trend.py)
     smooth: float = 0.0
     members: int = 1
     # Processes the members train in, side by side (None: min(members, threads)); each gets
@@ -348,7 +349,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
                        forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
                        head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth,
-                       pool=opts.pool)
+                       pool=opts.pool, encoder=opts.encoder, window=opts.window)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,

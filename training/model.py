@@ -1,4 +1,7 @@
-"""The LSTM forecaster with failure and RUL heads; plain PyTorch, scriptable for export."""
+"""The LSTM forecaster with failure and RUL heads; plain PyTorch, scriptable for export.
+
+The encoder is a recurrent cell by default, or the trend encoder (`training/trend.py`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from training.trend import TrendEncoder
+
 # Elman RNN (tanh) is the cheapest cell; LSTM the default; GRU between the two.
 CELLS: dict[str, type[nn.LSTM] | type[nn.GRU] | type[nn.RNN]] = {
     "lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 POOLS = ("last", "attention")
+ENCODERS = ("recurrent", "trend")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,10 @@ class ModelConfig:
     # What the heads read: the encoder's last state ("last"), or a learnt softmax-weighted mean
     # of its states over the whole window ("attention": one more linear layer of hidden + 1 weights).
     pool: str = "last"
+    # "recurrent" (the cell above), or "trend": an MLP on fixed level and slope summaries of the
+    # window (training/trend.py), which needs the window length and puts `dropout` on its inputs.
+    encoder: str = "recurrent"
+    window: int = 0
 
 
 class Forecaster(nn.Module):
@@ -43,7 +53,7 @@ class Forecaster(nn.Module):
 
     Outputs: `forecast_mean` and `forecast_logvar` [B, H, C] for the next H cells,
     `fail_prob` [B] (the failure logit divided by a calibration temperature, through a
-    sigmoid) and `rul` [B] (cells to failure, capped at `rul_cap`), as configured.
+    sigmoid) and `rul` [B] (cells to failure, within 0..`rul_cap`), as configured.
     A head that is switched off has no outputs (and no weights).
     """
 
@@ -65,10 +75,18 @@ class Forecaster(nn.Module):
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
         if cfg.pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)}, got {cfg.pool!r}")
-        self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-                                    dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.attention = cfg.pool == "attention"
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {cfg.encoder!r}")
+        # Only one encoder exists; TorchScript compiles just the branch of the one that is set.
+        self.trend: TrendEncoder | None = None
+        self.lstm: nn.Module | None = None
+        if cfg.encoder == "trend":
+            self.trend = TrendEncoder(cfg.n_channels, cfg.window, cfg.hidden, cfg.dropout)
+        else:
+            self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                                        dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout if self.trend is None else 0.0)
+        self.attention = cfg.pool == "attention" and self.trend is None
         # Without attention, no weights: last-state files and checkpoints stay as they were.
         self.attend: nn.Module = nn.Linear(cfg.hidden, 1) if self.attention else nn.Identity()
         n_forecast = 2 * cfg.horizon * cfg.n_channels if cfg.forecast_head else 0
@@ -84,6 +102,10 @@ class Forecaster(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         if self.smooth > 0.0:
             x = ewma(x, self.smooth)
+        if self.trend is not None:
+            features: Tensor = self.trend(x)
+            return features
+        assert self.lstm is not None
         out, _ = self.lstm(x)
         if self.attention:
             # Each step's weight from its own state: the trend's knee can count as much as the end.
@@ -93,6 +115,11 @@ class Forecaster(nn.Module):
             pooled = out[:, -1, :]
         h: Tensor = self.drop(pooled)
         return h
+
+    def trend_features(self, x: Tensor) -> Tensor:
+        """The trend encoder's raw features of windows x (smoothed first, as `encode` does)."""
+        assert self.trend is not None
+        return self.trend.features(ewma(x, self.smooth) if self.smooth > 0.0 else x)
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Forecast mean, forecast log-variance, the raw failure logit and RUL / rul_cap.
@@ -150,7 +177,9 @@ class Ensemble(nn.Module):
             means.append(mean)
             second.append(torch.exp(logvar) + mean * mean)
             logits.append(logit)
-            ruls.append(rul)
+            # Each member's RUL within [0, cap] before the mean: one member far past the cap
+            # (which no training target is) must not pull the others' average up.
+            ruls.append(torch.clamp(rul, 0.0, 1.0))
         mean = torch.stack(means).mean(0)
         var = torch.stack(second).mean(0) - mean * mean
         logvar = torch.clamp(torch.log(torch.clamp(var, min=1e-8)), -8.0, 6.0)
@@ -175,7 +204,7 @@ def outputs(mean: Tensor, logvar: Tensor, logit: Tensor, rul: Tensor, temperatur
     if has_fail:
         out["fail_prob"] = torch.sigmoid(logit / temperature)
     if has_rul:
-        out["rul"] = torch.clamp(rul, min=0.0) * rul_cap
+        out["rul"] = torch.clamp(rul, 0.0, 1.0) * rul_cap
     return out
 
 

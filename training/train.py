@@ -202,10 +202,14 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
     heads = dist.wrap(ctx, _Heads(model))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
+    resuming = resume and checkpoint is not None and _visible(checkpoint, ctx)
+    if not resuming:  # a resumed run has its scale in the checkpoint
+        fit_trend_scale(model, train_src, train_counts, cfg, ctx, rul_cap)
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
     kept = ema if ema is not None else model
     state = ckpt.LoopState(best_state=copy.deepcopy(kept.state_dict()))
-    if resume and checkpoint is not None and _visible(checkpoint, ctx):
+    if resuming:
+        assert checkpoint is not None
         state = ckpt.load(checkpoint, model, opt, sched, ema, asdict(cfg))
     result = TrainResult(model, state.best_score, state.epoch, state.best_epoch, True, state.curve)
     show = cfg.progress and ctx.is_writer
@@ -282,6 +286,33 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
     result.best_score, result.epochs_run, result.best_epoch = state.best_score, state.epoch, state.best_epoch
     result.curve = state.curve
     return result
+
+
+SCALE_WINDOWS = 20_000
+
+
+def fit_trend_scale(model: Forecaster, source: WindowSource, counts: Census, cfg: TrainConfig,
+                    ctx: dist.Dist, rul_cap: float) -> None:
+    """Standardise a trend encoder's features by their mean and spread over training windows.
+
+    The windows are a fixed thinning of the training assets (about SCALE_WINDOWS, the same
+    whatever the number of processes), so the scale is part of what a seed reproduces.
+    A model without the trend encoder is left as it is.
+    """
+    if model.trend is None:
+        return
+    sums: npt.NDArray[np.float64] | None = None
+    with torch.no_grad():
+        for rows in validation_rows(source, counts, ctx, cfg.shard_windows, SCALE_WINDOWS, rul_cap):
+            f = model.trend_features(torch.from_numpy(rows.x)).double()
+            part = torch.cat([f.sum(0), (f * f).sum(0), f.new_full((1,), float(len(f)))]).numpy()
+            sums = part if sums is None else sums + part
+    n_features = model.trend.wide.in_features
+    total = dist.all_reduce_sum(ctx, sums if sums is not None else np.zeros(2 * n_features + 1))
+    n = max(float(total[-1]), 1.0)
+    mean = total[:n_features] / n
+    var = np.maximum(total[n_features:2 * n_features] / n - mean * mean, 0.0)
+    model.trend.fit_scale(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float())
 
 
 def _visible(path: Path, ctx: dist.Dist) -> bool:

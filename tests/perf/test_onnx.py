@@ -53,7 +53,8 @@ class TestExport:
 
     @pytest.mark.parametrize("kw", [{"cell": "gru"}, {"cell": "rnn"},
                                     {"rul_head": True, "head_hidden": 4, "rul_cap": 50.0},
-                                    {"forecast_head": False}])
+                                    {"forecast_head": False},
+                                    {"encoder": "trend", "window": WINDOW, "rul_head": True, "dropout": 0.2}])
     def test_rebuilt_from_torchscript(self, tmp_path: Path, kw: dict[str, object]) -> None:
         """`export_onnx_beside` rebuilds the eager model from a .pt file (other cells and heads too)
         and writes a .onnx with the same version whose outputs match the TorchScript file's."""
