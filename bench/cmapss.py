@@ -1,6 +1,6 @@
 """NASA C-MAPSS benchmark under the standard protocol (../shared/data/cmapss/README.md).
 
-    python bench/cmapss.py --data ../shared/data/cmapss --subset FD001 [--seeds 3] [--cell lstm] [--pool last]
+    python bench/cmapss.py --data ../shared/data/cmapss --subset FD001 [--seeds 3] [--encoder trend]
 
 For each seed: `vigil-train fit --format cmapss` on train_FD00x.txt (validation engines drawn
 from that file, early stopping on them; the test file is never seen in training), then one
@@ -73,7 +73,7 @@ def ms_per_window(model: Path, x: np.ndarray, batch: int, repeats: int) -> float
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     train = args.data / f"train_{args.subset}.txt"
     out = work / f"{args.subset}_seed{seed}.pt"
-    chosen = {k: v for k, v in (("cell", args.cell), ("pool", args.pool)) if v}
+    chosen = {k: v for k, v in (("encoder", args.encoder), ("cell", args.cell), ("pool", args.pool)) if v}
     opts = cmapss_options(train, out, seed=seed, threads=args.threads, progress=not args.quiet, **chosen)
     t0, c0 = time.monotonic(), cpu_seconds_with_children()
     spec, summary = fit(opts)
@@ -95,6 +95,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         # refit, the figure of the first fit, before the refit trained on those engines too).
         "val_rmse": summary["validation"].get("rul_rmse_all_windows", float("nan")),
         "params": summary["params"], "members": len(summary["members"]), "refit": "refit" in summary,
+        "encoder": opts.encoder, "cell": opts.cell,
         "train_seconds": seconds, "train_cpu_seconds": cpu,
         # Each member's epochs run (and its best), member 0 first.
         "epochs": [m["epochs_run"] for m in summary["members"]],
@@ -112,7 +113,7 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
              "| model | test RMSE | NASA score |", "|---|---:|---:|"]
     if args.subset == "FD001":
         lines += [f"| {name} | {r:.2f} | {s:.1f} |" for name, r, s in ANCHORS]
-    cell = (args.cell or "lstm").upper()
+    cell = "trend MLP" if rows[0]["encoder"] == "trend" else rows[0]["cell"].upper()
     if rows[0]["members"] > 1:
         cell = f"{rows[0]['members']} averaged {cell}s"
     if args.pool == "attention":
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with train_/test_/RUL_FD00x.txt")
     p.add_argument("--subset", default="FD001", help="FD001, FD002, FD003 or FD004")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--encoder", choices=["trend", "recurrent"],
+                   help="the preset's model: trend MLPs (default) or the LSTMs of sessions 9-14")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"],
-                   help="recurrent cell (default: the preset's lstm)")
+                   help="recurrent cell, with --encoder recurrent (default lstm)")
     p.add_argument("--pool", choices=["last", "attention"],
                    help="what the heads read of the cell (default: the preset's last state)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(training/trend.py; --hidden sets its width, --dropout its input dropout)")
     f.add_argument("--pool", choices=["last", "attention"],
                    help="what the heads read: the last state, or attention over the window (default last)")
-    f.add_argument("--hidden", type=_positive_int, help="LSTM hidden units")
+    f.add_argument("--hidden", type=_positive_int,
+                   help="LSTM hidden units (with --encoder trend: the width of its last layer)")
     f.add_argument("--smooth", type=_fraction,
                    help="exponential smoothing of the window inside the model, alpha (0: off)")
     f.add_argument("--members", type=_positive_int,
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--gan-factor", type=_positive_float,
                    help="synthetic windows per real pre-failure training window (default 2)")
     f.add_argument("--layers", type=_positive_int, help="LSTM layers")
-    f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers)")
+    f.add_argument("--dropout", type=_fraction, help="dropout after the LSTM (and between layers); "
+                   "with --encoder trend, on its input features")
     f.add_argument("--epochs", type=_positive_int)
     f.add_argument("--windows-per-epoch", type=_positive_int)
     f.add_argument("--batch-size", type=_positive_int)

@@ -151,19 +151,30 @@ class FitOptions:
     shard_windows: int = 200_000
 
 
+# The C-MAPSS preset's model, by encoder: the trend encoder is the preset since session 15
+# (docs/training.md); `encoder="recurrent"` gives the LSTM preset of sessions 9-14.
+CMAPSS_MODELS: dict[str, dict[str, Any]] = {
+    "trend": dict(encoder="trend", hidden=64, dropout=0.2, members=5),
+    "recurrent": dict(encoder="recurrent", hidden=64, dropout=0.0, members=3),
+}
+
+
 def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
     """The C-MAPSS preset (docs/training.md): 14 sensors and the cycle counter, regimes from the
-    operating settings, window 120, RUL capped at 125 cycles, three 64-unit LSTMs averaged (trained
-    apart), early stopping on validation engines, then each refit on all engines for its chosen epochs."""
+    operating settings, window 120, RUL capped at 125 cycles, five trend MLPs averaged (trained
+    apart), early stopping on validation engines, then each refit on all engines for its chosen
+    epochs. `encoder="recurrent"` takes the three averaged 64-unit LSTMs of sessions 9-14 instead."""
     from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
 
+    encoder = overrides.get("encoder", "trend")
+    if encoder not in CMAPSS_MODELS:
+        raise ValueError(f"encoder must be one of {sorted(CMAPSS_MODELS)}, got {encoder!r}")
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
         window=120, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
-        hidden=64, layers=1, dropout=0.0, head_hidden=0, smooth=0.0, members=3, refit=True, epochs=30,
-        windows_per_epoch=100_000,
+        layers=1, head_hidden=0, smooth=0.0, refit=True, epochs=30, windows_per_epoch=100_000,
         batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
-        huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0)
+        huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0, **CMAPSS_MODELS[encoder])
     base.update(overrides)
     return FitOptions(**base)
 
