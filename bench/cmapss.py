@@ -95,7 +95,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
         # refit, the figure of the first fit, before the refit trained on those engines too).
         "val_rmse": summary["validation"].get("rul_rmse_all_windows", float("nan")),
         "params": summary["params"], "members": len(summary["members"]), "refit": "refit" in summary,
-        "encoder": opts.encoder, "cell": opts.cell,
+        "encoder": opts.encoder, "cell": opts.cell if opts.encoder == "recurrent" else None,
         "train_seconds": seconds, "train_cpu_seconds": cpu,
         # Each member's epochs run (and its best), member 0 first.
         "epochs": [m["epochs_run"] for m in summary["members"]],
@@ -113,7 +113,7 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]], agg: dict[str, A
              "| model | test RMSE | NASA score |", "|---|---:|---:|"]
     if args.subset == "FD001":
         lines += [f"| {name} | {r:.2f} | {s:.1f} |" for name, r, s in ANCHORS]
-    cell = "trend MLP" if rows[0]["encoder"] == "trend" else rows[0]["cell"].upper()
+    cell = "trend MLP" if rows[0]["encoder"] == "trend" else str(rows[0]["cell"]).upper()
     if rows[0]["members"] > 1:
         cell = f"{rows[0]['members']} averaged {cell}s"
     if args.pool == "attention":

@@ -121,7 +121,8 @@ def _options(job: Job) -> Any:
     if job.quick:
         common.update(epochs=2, windows_per_epoch=3000, hidden=16, vae_epochs=1, gan_steps=10, patience=2)
     if job.dataset == "cmapss":
-        return cmapss_options(job.history, out, **common, **variant)
+        # The cells are the comparison: the C-MAPSS preset's LSTMs, not its trend encoder.
+        return cmapss_options(job.history, out, encoder="recurrent", **common, **variant)
     return replace(FitOptions(history=job.history, events=job.events, out=out, fmt="wide", window=30,
                               horizon=5, fail_horizon=1440, val_fraction=0.25, test_fraction=0.25,
                               hidden=32, epochs=20, windows_per_epoch=40_000),

@@ -169,6 +169,8 @@ def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
     encoder = overrides.get("encoder", "trend")
     if encoder not in CMAPSS_MODELS:
         raise ValueError(f"encoder must be one of {sorted(CMAPSS_MODELS)}, got {encoder!r}")
+    if encoder == "trend" and "cell" in overrides:
+        raise ValueError("a recurrent cell needs encoder=recurrent (--encoder recurrent)")
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
         window=120, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,

@@ -49,7 +49,7 @@ class ModelConfig:
 
 
 class Forecaster(nn.Module):
-    """LSTM encoder over a normalised window; heads read its last hidden state.
+    """LSTM encoder over a normalised window (or the trend encoder); heads read its last hidden state.
 
     Outputs: `forecast_mean` and `forecast_logvar` [B, H, C] for the next H cells,
     `fail_prob` [B] (the failure logit divided by a calibration temperature, through a
@@ -81,12 +81,14 @@ class Forecaster(nn.Module):
         self.trend: TrendEncoder | None = None
         self.lstm: nn.Module | None = None
         if cfg.encoder == "trend":
+            if cfg.pool != "last" or cfg.layers != 1:
+                raise ValueError("pool and layers belong to the recurrent encoder, not to the trend encoder")
             self.trend = TrendEncoder(cfg.n_channels, cfg.window, cfg.hidden, cfg.dropout)
         else:
             self.lstm = CELLS[cfg.cell](cfg.n_channels, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                                         dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout if self.trend is None else 0.0)
-        self.attention = cfg.pool == "attention" and self.trend is None
+        self.attention = cfg.pool == "attention"
         # Without attention, no weights: last-state files and checkpoints stay as they were.
         self.attend: nn.Module = nn.Linear(cfg.hidden, 1) if self.attention else nn.Identity()
         n_forecast = 2 * cfg.horizon * cfg.n_channels if cfg.forecast_head else 0

@@ -105,10 +105,19 @@ def test_ensemble_caps_each_member_before_the_mean() -> None:
     np.testing.assert_allclose(out["rul"].numpy(), (1.0 + 0.5) / 2 * 30.0, rtol=1e-6)
 
 
-def test_unknown_encoder_is_refused_and_the_cli_offers_trend() -> None:
+def test_unknown_encoder_or_recurrent_options_are_refused_and_the_cli_offers_trend() -> None:
     with pytest.raises(ValueError, match="encoder must be one of"):
         _trend(encoder="cnn")
+    with pytest.raises(ValueError, match="not to the trend encoder"):
+        _trend(pool="attention")
     args = cli.build_parser().parse_args(["fit", "--history", "h.csv", "--out", "m.pt", "--encoder", "trend",
                                           "--format", "cmapss"])
     opts = cli.fit_options(args)
-    assert opts.encoder == "trend"
+    assert opts.encoder == "trend" and opts.members == 5 and opts.dropout == 0.2  # the C-MAPSS preset
+    lstm = cli.fit_options(cli.build_parser().parse_args(
+        ["fit", "--history", "h.csv", "--out", "m.pt", "--format", "cmapss", "--encoder", "recurrent",
+         "--cell", "gru"]))
+    assert (lstm.encoder, lstm.cell, lstm.members, lstm.dropout) == ("recurrent", "gru", 3, 0.0)
+    with pytest.raises(ValueError, match="needs encoder=recurrent"):
+        cli.fit_options(cli.build_parser().parse_args(
+            ["fit", "--history", "h.csv", "--out", "m.pt", "--format", "cmapss", "--cell", "gru"]))
