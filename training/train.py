@@ -199,12 +199,12 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
     pw_train, pw_val = pos_weight_of(train_counts), pos_weight_of(val_counts)
     steps_per_epoch = plan.sizes(train_counts.total)[1]
     model.to(ctx.device)
-    heads = dist.wrap(ctx, _Heads(model))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     resuming = resume and checkpoint is not None and _visible(checkpoint, ctx)
     if not resuming:  # a resumed run has its scale in the checkpoint
         fit_trend_scale(model, train_src, train_counts, cfg, ctx, rul_cap)
+    heads = dist.wrap(ctx, _Heads(model))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
     kept = ema if ema is not None else model
     state = ckpt.LoopState(best_state=copy.deepcopy(kept.state_dict()))
@@ -304,15 +304,16 @@ def fit_trend_scale(model: Forecaster, source: WindowSource, counts: Census, cfg
     sums: npt.NDArray[np.float64] | None = None
     with torch.no_grad():
         for rows in validation_rows(source, counts, ctx, cfg.shard_windows, SCALE_WINDOWS, rul_cap):
-            f = model.trend_features(torch.from_numpy(rows.x)).double()
-            part = torch.cat([f.sum(0), (f * f).sum(0), f.new_full((1,), float(len(f)))]).numpy()
+            f = model.trend_features(torch.from_numpy(rows.x).to(ctx.device)).double()
+            part = torch.cat([f.sum(0), (f * f).sum(0), f.new_full((1,), float(len(f)))]).cpu().numpy()
             sums = part if sums is None else sums + part
     n_features = model.trend.wide.in_features
     total = dist.all_reduce_sum(ctx, sums if sums is not None else np.zeros(2 * n_features + 1))
     n = max(float(total[-1]), 1.0)
     mean = total[:n_features] / n
     var = np.maximum(total[n_features:2 * n_features] / n - mean * mean, 0.0)
-    model.trend.fit_scale(torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float())
+    model.trend.fit_scale(torch.from_numpy(mean).float().to(ctx.device),
+                          torch.from_numpy(np.sqrt(var)).float().to(ctx.device))
 
 
 def _visible(path: Path, ctx: dist.Dist) -> bool:

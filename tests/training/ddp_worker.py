@@ -50,6 +50,13 @@ def new_model() -> Forecaster:
     return Forecaster(ModelConfig(n_channels=2, horizon=2, hidden=8, rul_head=True, rul_cap=RUL_CAP))
 
 
+def new_trend(window: int) -> Forecaster:
+    """The same heads on the trend encoder, whose feature scale is fitted before the first step."""
+    torch.manual_seed(0)
+    return Forecaster(ModelConfig(n_channels=2, horizon=2, hidden=8, rul_head=True, rul_cap=RUL_CAP,
+                                  encoder="trend", window=window))
+
+
 def weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
@@ -72,10 +79,13 @@ def main(out: Path, history: str, events: str) -> int:
         # One training asset, two shards: rank 1 draws nothing, yet must step with rank 0.
         lonely = new_model()
         train(lonely, one_asset(tr), va, LONELY, RUL_CAP, ctx=ctx)
+        trend = new_trend(tr.ws.window)
+        train(trend, tr, va, CFG, RUL_CAP, ctx=ctx)
         results = out / "results"
         results.mkdir(parents=True, exist_ok=True)
         torch.save({"full": weights(full), "resumed": weights(resumed), "curve": run.curve,
                     "rest_curve": rest.curve, "lonely": weights(lonely), "part_finished": part.finished,
+                    "trend": weights(trend),
                     "drawn": drawn},
                    results / f"rank{ctx.rank}.pt")
         mine = out / f"rank{ctx.rank}"

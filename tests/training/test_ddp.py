@@ -23,7 +23,7 @@ import torch
 
 from agent.runtime import load_model
 from tests.broker import free_port
-from tests.training.ddp_worker import CFG, LONELY, RUL_CAP, ddp_data, new_model, one_asset, weights
+from tests.training.ddp_worker import CFG, LONELY, RUL_CAP, ddp_data, new_model, new_trend, one_asset, weights
 from training import distributed as dist
 from training.labels import Inputs
 from training.shards import Plan, as_source, census
@@ -205,6 +205,21 @@ class TestTwoProcesses:
         for mine, theirs in zip(run.curve, results[0]["curve"], strict=True):
             assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5)
             assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+
+    def test_trend_scale_and_weights_as_one_process(
+            self, two_processes: tuple[Path, list[dict[str, Any]], str]) -> None:
+        """The trend encoder's feature scale, fitted from each process's share of the training
+        windows and summed over both, is one process's; so are the weights trained after it."""
+        _, results, _ = two_processes
+        tr, va = ddp_data()
+        one = new_trend(tr.ws.window)
+        train(one, tr, va, CFG, RUL_CAP)
+        mine, theirs = weights(one), results[0]["trend"]
+        assert close(theirs, results[1]["trend"]) == 0.0
+        assert float(np.abs(mine["trend.feature_std"] - 1.0).max()) > 0.1  # fitted, not the identity
+        for key in ("trend.feature_mean", "trend.feature_std"):
+            np.testing.assert_allclose(theirs[key], mine[key], rtol=1e-6, atol=1e-7)
+        assert close(mine, theirs) < TOL
 
     def test_a_process_without_windows_still_steps(self, two_processes: tuple[Path, list[dict[str, Any]], str]
                                                    ) -> None:
