@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", choices=["trend", "recurrent"],
                    help="the preset's model: trend MLPs (default) or the LSTMs of sessions 9-14")
     p.add_argument("--cell", choices=["lstm", "gru", "rnn"],
-                   help="recurrent cell, with --encoder recurrent (default lstm)")
+                   help="recurrent cell; implies --encoder recurrent (default lstm)")
     p.add_argument("--pool", choices=["last", "attention"],
                    help="what the heads read of the cell (default: the preset's last state)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")

@@ -159,22 +159,19 @@ def _under(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: int) -> ModelConfig:
     """A scripted Forecaster's constructor arguments, from its attributes and weight shapes."""
+    heads: dict[str, Any] = dict(
+        n_channels=n_channels, horizon=int(scripted.horizon), fail_head=bool(scripted.has_fail),
+        forecast_head=bool(scripted.has_forecast), rul_head=bool(scripted.has_rul),
+        rul_cap=float(scripted.rul_cap), smooth=float(getattr(scripted, "smooth", 0.0)),
+        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0)
     if "trend.basis" in sd:
-        return ModelConfig(
-            n_channels=n_channels, horizon=int(scripted.horizon), hidden=int(sd["trend.out.weight"].shape[0]),
-            fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
-            rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
-            head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
-            smooth=float(scripted.smooth), encoder="trend", window=int(sd["trend.basis"].shape[0]))
+        return ModelConfig(**heads, hidden=int(sd["trend.out.weight"].shape[0]), encoder="trend",
+                           window=int(sd["trend.basis"].shape[0]))
     hidden = int(sd["lstm.weight_hh_l0"].shape[1])
     gates = int(sd["lstm.weight_ih_l0"].shape[0]) // hidden
     return ModelConfig(
-        n_channels=n_channels, horizon=int(scripted.horizon), hidden=hidden,
+        **heads, hidden=hidden, cell={4: "lstm", 3: "gru", 1: "rnn"}[gates],
         layers=sum(1 for k in sd if k.startswith("lstm.weight_ih_l") and not k.endswith("_reverse")),
-        fail_head=bool(scripted.has_fail), forecast_head=bool(scripted.has_forecast),
-        rul_head=bool(scripted.has_rul), rul_cap=float(scripted.rul_cap),
-        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
-        cell={4: "lstm", 3: "gru", 1: "rnn"}[gates], smooth=float(getattr(scripted, "smooth", 0.0)),
         pool="attention" if bool(getattr(scripted, "attention", False)) else "last")
 
 

@@ -163,14 +163,18 @@ def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
     """The C-MAPSS preset (docs/training.md): 14 sensors and the cycle counter, regimes from the
     operating settings, window 120, RUL capped at 125 cycles, five trend MLPs averaged (trained
     apart), early stopping on validation engines, then each refit on all engines for its chosen
-    epochs. `encoder="recurrent"` takes the three averaged 64-unit LSTMs of sessions 9-14 instead."""
+    epochs. `encoder="recurrent"` (implied by a `cell` or an attention `pool`) takes the three
+    averaged 64-unit LSTMs of sessions 9-14 instead."""
     from training.cmapss import DEFAULT_CHANNELS, OP_SETTINGS
 
-    encoder = overrides.get("encoder", "trend")
+    # A cell or an attention pool only means something to the recurrent encoder: asking for one
+    # picks it, as `--cell gru` did before the trend preset; asking for it with trend is refused.
+    recurrent_only = "cell" in overrides or overrides.get("pool", "last") != "last"
+    encoder = overrides.get("encoder", "recurrent" if recurrent_only else "trend")
     if encoder not in CMAPSS_MODELS:
         raise ValueError(f"encoder must be one of {sorted(CMAPSS_MODELS)}, got {encoder!r}")
-    if encoder == "trend" and "cell" in overrides:
-        raise ValueError("a recurrent cell needs encoder=recurrent (--encoder recurrent)")
+    if encoder == "trend" and recurrent_only:
+        raise ValueError("--cell and --pool attention need the recurrent encoder, not --encoder trend")
     base: dict[str, Any] = dict(
         history=history, out=out, fmt="cmapss", channels=DEFAULT_CHANNELS, regime_channels=OP_SETTINGS,
         window=120, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,

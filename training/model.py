@@ -101,9 +101,12 @@ class Forecaster(nn.Module):
         # Set by calibration on validation data; a buffer so it is exported with the weights.
         self.register_buffer("temperature", torch.ones(1))
 
+    def smoothed(self, x: Tensor) -> Tensor:
+        """The window as the encoder reads it: smoothed inside the model when `smooth` is set."""
+        return ewma(x, self.smooth) if self.smooth > 0.0 else x
+
     def encode(self, x: Tensor) -> Tensor:
-        if self.smooth > 0.0:
-            x = ewma(x, self.smooth)
+        x = self.smoothed(x)
         if self.trend is not None:
             features: Tensor = self.trend(x)
             return features
@@ -119,9 +122,9 @@ class Forecaster(nn.Module):
         return h
 
     def trend_features(self, x: Tensor) -> Tensor:
-        """The trend encoder's raw features of windows x (smoothed first, as `encode` does)."""
+        """The trend encoder's raw features of windows x, as `encode` computes them."""
         assert self.trend is not None
-        return self.trend.features(ewma(x, self.smooth) if self.smooth > 0.0 else x)
+        return self.trend.features(self.smoothed(x))
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Forecast mean, forecast log-variance, the raw failure logit and RUL / rul_cap.

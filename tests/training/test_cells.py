@@ -9,11 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from agent.runtime import load_model
+from agent.runtime import Outputs, load_model
+from agent.spec import ModelSpec
 from tests.agent.conftest import CHANNELS, HORIZON, WINDOW, make_spec
 from training import cli
 from training.export import export, rebuild
 from training.model import CELLS, Forecaster, ModelConfig, n_params
+from training.vae import WithAnomaly
+
+
+def round_trip(model: Forecaster, x: np.ndarray, path: Path, spec: ModelSpec | None = None
+               ) -> tuple[Outputs, dict[str, torch.Tensor], Forecaster | WithAnomaly]:
+    """Export `model` to `path`; what the agent's runtime gives on x, the eager outputs, the rebuilt model."""
+    export(model, spec or make_spec(), x, path)
+    out = load_model(path).infer(x)
+    with torch.no_grad():
+        eager = model(torch.from_numpy(x))
+    again, _ = rebuild(path)
+    return out, eager, again
 
 
 def _model(cell: str, pool: str = "last") -> Forecaster:
@@ -26,14 +39,10 @@ def test_cell_round_trips_through_export_and_the_agent(cell: str, pool: str, tmp
     """The agent's runtime gives the eager outputs, and the file rebuilds into the same cell and pool."""
     model = _model(cell, pool)
     x = np.random.default_rng(0).normal(size=(5, WINDOW, len(CHANNELS))).astype(np.float32)
-    export(model, make_spec(), x, tmp_path / "m.pt")
-    out = load_model(tmp_path / "m.pt").infer(x)
-    with torch.no_grad():
-        eager = model(torch.from_numpy(x))
+    out, eager, again = round_trip(model, x, tmp_path / "m.pt")
     assert out.fail_prob is not None and out.forecast_mean is not None
     np.testing.assert_allclose(out.fail_prob, eager["fail_prob"].numpy(), atol=1e-6)
     np.testing.assert_allclose(out.forecast_mean, eager["forecast_mean"].numpy(), atol=1e-6)
-    again, _ = rebuild(tmp_path / "m.pt")
     assert again.config.cell == cell and again.config.pool == pool
 
 

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from agent.runtime import load_model
 from tests.agent.conftest import CHANNELS, HORIZON, WINDOW, make_spec
+from tests.training.test_cells import round_trip
 from tests.training.test_train import tiny_data
 from training import cli
-from training.export import export, rebuild
 from training.model import Ensemble, Forecaster, ModelConfig
 from training.train import TrainConfig, train
 from training.trend import MEAN_SPANS, SLOPE_SPANS, trend_basis
@@ -80,14 +79,10 @@ def test_trend_model_round_trips_through_export_rebuild_and_the_agent(tmp_path: 
                           torch.linspace(0.5, 2, model.trend.feature_std.numel()))
     x = np.random.default_rng(0).normal(size=(5, WINDOW, len(CHANNELS))).astype(np.float32)
     spec = replace(make_spec(), heads=("forecast_mean", "forecast_logvar", "fail_prob", "rul"), rul_cap=30.0)
-    export(model, spec, x, tmp_path / "t.pt")
-    out = load_model(tmp_path / "t.pt").infer(x)
-    with torch.no_grad():
-        eager = model(torch.from_numpy(x))
+    out, eager, again = round_trip(model, x, tmp_path / "t.pt", spec)
     assert out.rul is not None and out.fail_prob is not None
     np.testing.assert_allclose(out.rul, eager["rul"].numpy(), atol=1e-5)
     np.testing.assert_allclose(out.fail_prob, eager["fail_prob"].numpy(), atol=1e-6)
-    again, _ = rebuild(tmp_path / "t.pt")
     assert isinstance(again, Forecaster)
     assert again.config.encoder == "trend" and again.config.window == WINDOW and again.config.hidden == 8
     assert again.trend is not None and torch.equal(again.trend.feature_std, model.trend.feature_std)
@@ -105,7 +100,7 @@ def test_ensemble_caps_each_member_before_the_mean() -> None:
     np.testing.assert_allclose(out["rul"].numpy(), (1.0 + 0.5) / 2 * 30.0, rtol=1e-6)
 
 
-def test_unknown_encoder_or_recurrent_options_are_refused_and_the_cli_offers_trend() -> None:
+def test_cmapss_preset_is_trend_a_cell_or_pool_picks_the_lstms_and_mixes_are_refused() -> None:
     with pytest.raises(ValueError, match="encoder must be one of"):
         _trend(encoder="cnn")
     with pytest.raises(ValueError, match="not to the trend encoder"):
@@ -114,10 +109,13 @@ def test_unknown_encoder_or_recurrent_options_are_refused_and_the_cli_offers_tre
                                           "--format", "cmapss"])
     opts = cli.fit_options(args)
     assert opts.encoder == "trend" and opts.members == 5 and opts.dropout == 0.2  # the C-MAPSS preset
-    lstm = cli.fit_options(cli.build_parser().parse_args(
-        ["fit", "--history", "h.csv", "--out", "m.pt", "--format", "cmapss", "--encoder", "recurrent",
-         "--cell", "gru"]))
-    assert (lstm.encoder, lstm.cell, lstm.members, lstm.dropout) == ("recurrent", "gru", 3, 0.0)
-    with pytest.raises(ValueError, match="needs encoder=recurrent"):
-        cli.fit_options(cli.build_parser().parse_args(
-            ["fit", "--history", "h.csv", "--out", "m.pt", "--format", "cmapss", "--cell", "gru"]))
+    cmapss = ["fit", "--history", "h.csv", "--out", "m.pt", "--format", "cmapss"]
+    assert cli.fit_options(cli.build_parser().parse_args(cmapss)) == opts  # trend is the default
+    for extra in (["--encoder", "recurrent", "--cell", "gru"], ["--cell", "gru"]):  # a cell implies it
+        lstm = cli.fit_options(cli.build_parser().parse_args([*cmapss, *extra]))
+        assert (lstm.encoder, lstm.cell, lstm.members, lstm.dropout) == ("recurrent", "gru", 3, 0.0)
+    pooled = cli.fit_options(cli.build_parser().parse_args([*cmapss, "--pool", "attention"]))
+    assert pooled.encoder == "recurrent"
+    for extra in (["--cell", "gru"], ["--pool", "attention"]):
+        with pytest.raises(ValueError, match="need the recurrent encoder"):
+            cli.fit_options(cli.build_parser().parse_args([*cmapss, "--encoder", "trend", *extra]))
