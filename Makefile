@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint mosquitto deploy-tools clean
+.PHONY: demo test lint mosquitto deploy-tools bench-real clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: $(STAMP) mosquitto
 
 test: $(STAMP) mosquitto deploy-tools
 	$(BIN)/pytest
+
+# Vigil on real sensor data (../shared/data) against two classic detectors (~5 minutes).
+bench-real: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/real.py --data ../shared/data
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent training sim tests

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
 CHECKPOINT_CHUNK = 128  # assets per checkpoint transaction (see Agent._save_some)
+# The drift histograms are checkpointed every this many rounds: losing a few minutes of a
+# day-long histogram in a crash costs nothing, writing them all every 10 s would.
+DRIFT_ROUNDS = 30
 CONTROL_QUEUE = 10_000  # events and commands waiting for the worker
 HEALTH_EVERY_S = 10.0   # the retained health document: on any change of state, drift at most this often
 Message = tuple[int, str, bytes, float, float]  # subscription, topic, payload, wall, monotonic
@@ -154,7 +157,7 @@ class Agent:
         self.recorder = self._recorder(runtime.spec.channels)
         shadow = load_shadow(cfg, runtime)
         if shadow is not None:
-            self.pipeline.shadow = ShadowScorer(shadow, cfg.windows.max_assets)
+            self.pipeline.shadow = ShadowScorer(shadow, cfg.windows.max_assets, cfg.model.sensitivity)
             self.metrics.shadow_info.labels(shadow.spec.version).set(1)
             self.log.info("shadow_model_loaded", path=str(cfg.model.shadow.path if cfg.model.shadow else ""),
                           version=shadow.spec.version)
@@ -169,6 +172,7 @@ class Agent:
         self._restore()
         self.intake = Intake(cfg.inference.queue_size, nap_s=intake_nap_s(cfg.inference.max_wait_ms))
         self._saving: list[str] = []  # assets of the checkpoint round in progress
+        self._rounds = 0  # checkpoint rounds begun
         self._round_ok = True
         self.outbox = Outbox(cfg.state.dir / "outbox.sqlite", cfg.state.outbox_max)
         self.link = Link(cfg, on_message=self._enqueue, on_ack=self._ack, on_state=self._state,
@@ -266,6 +270,9 @@ class Agent:
         n = self.ops.restore(self.checkpoint.load_ops())
         if n:
             self.log.info("operations_state_restored", assets=n)
+        blob = self.checkpoint.load_blob(self.ops.drift_key)
+        if blob is not None:
+            self.log.info("drift_state_restored", assets=self.ops.restore_drift(blob))
         self._restore_windows()
         for asset, st in self.ops.assets.items():
             if st.floor_ts is not None:
@@ -285,7 +292,7 @@ class Agent:
 
     def save_checkpoint(self) -> None:
         """Write all changed per-asset state now (at stop)."""
-        self._begin_checkpoint()
+        self._begin_checkpoint(drift=True)
         while self._saving:
             self._save_some()
 
@@ -310,9 +317,16 @@ class Agent:
             self.log.error("checkpoint_failed", error=str(exc), assets=len(rows), part="operations")
             self.ops.dirty.update(rows)
 
-    def _begin_checkpoint(self) -> None:
-        """Start a round: every asset changed since the last round is written, a chunk at a time."""
+    def _begin_checkpoint(self, drift: bool = False) -> None:
+        """Start a round: every asset changed since the last round is written, a chunk at a time;
+        the drift histograms (one blob for every asset) every DRIFT_ROUNDS rounds and at stop."""
         self._save_ops()
+        self._rounds += 1
+        if drift or self._rounds % DRIFT_ROUNDS == 0:
+            try:
+                self.checkpoint.save_blob(self.ops.drift_key, self.ops.dump_drift())
+            except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
+                self.log.error("checkpoint_failed", error=str(exc), part="drift")
         self._saving = list(dict.fromkeys([*self._saving, *self.pipeline.dirty]))
         self.pipeline.dirty.clear()
         self._round_ok = True
@@ -413,6 +427,7 @@ class Agent:
             if now >= next_sweep:
                 self._publish(BatchResult(risks=self.pipeline.sweep_stale()))
                 self.metrics.assets_stale.set(self.pipeline.n_stale)
+                self.metrics.assets_learning.set(self.pipeline.n_learning)
                 self._send(self.ops.tick())
                 self._publish_health(now)
                 if self.recorder is not None:
@@ -527,6 +542,7 @@ class Agent:
                     self.watcher.poke.set()
             for asset, ts in fx.resets:
                 notice = self.pipeline.reset_asset(asset, ts)
+                self.ops.drift.forget(asset)
                 if notice is not None:
                     self._publish(BatchResult(risks=[notice]))
                 self.log.info("asset_restarted", asset=asset, after=ts)

@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,6 +46,7 @@ def example_topic(template: str) -> str:
 def check_config(path: Path) -> dict[str, Any]:
     """Validate config and model; return the summary that check-config prints."""
     from agent.config import load_config
+    from agent.risk import in_force
     from agent.runtime import load_runtime
     from agent.shadow import load_shadow
     from agent.spec import spec_summary
@@ -64,6 +66,11 @@ def check_config(path: Path) -> dict[str, Any]:
              "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
+        # What the agent decides with: the model's thresholds moved by [model] sensitivity, or
+        # the config's own [model] warning and critical.
+        "thresholds_in_force": {k: v for k, v in asdict(in_force(
+            rt.spec.thresholds, cfg.model.sensitivity, cfg.model.warning, cfg.model.critical)).items()
+            if k != "tail"},
         **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
            if shadow is not None and cfg.model.shadow is not None else {}),
         **({"records": {"dir": str(cfg.record_dir), "max_bytes": cfg.record.max_bytes}}

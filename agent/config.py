@@ -92,6 +92,9 @@ class ModelConfig(_Strict):
     watch_interval_s: Annotated[float, Field(ge=0)] = 2.0
     warning: Annotated[float, Field(gt=0, le=1)] | None = None
     critical: Annotated[float, Field(gt=0, le=1)] | None = None
+    # A factor on the model's calibrated false-alarm rate: 2 alerts earlier and accepts about
+    # twice the false alarms, 0.5 the reverse (agent.risk.sensitive); no refit needed.
+    sensitivity: Annotated[float, Field(gt=0, le=1000)] = 1.0
     shadow: ShadowConfig | None = None
 
 

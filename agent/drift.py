@@ -6,15 +6,13 @@ expects its share of probability (1/bins, or more where tied quantiles merge bin
 store only the normalisation's mean and std; there the reference is N(mean, std) cut into
 `bins` equally likely bins, exact for normally distributed channels and still monotone in a
 shift or a change of spread for others (a skewed channel then shows some drift from the start).
-Recent inputs are the newest cell of every scored window, counted in event-time buckets so the
-PSI covers the last `window_s` of plant time.
+Recent inputs are the newest cell of every scored window (as the model reads it: against the
+asset's baseline when the model has per-asset baselines), counted per asset in a histogram
+whose weights decay with event time, so the PSI covers about the last `window_s` of plant time.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
-from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -22,7 +20,6 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 _FLOOR = 1e-4    # an empty bin counts as this share, so the log stays finite
-_BUCKETS = 12    # event-time buckets per window: the window slides in steps of window_s / 12
 
 
 def reference_edges(mean: float, std: float, bins: int) -> FloatArray:
@@ -56,79 +53,141 @@ def psi(observed: npt.NDArray[np.int64] | FloatArray, expected: FloatArray) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-@dataclass
 class DriftTracker:
-    """Histograms of recent inputs per channel against the training distribution."""
+    """Per asset and channel, an event-time weighted histogram of recent inputs against the
+    training distribution.
 
-    channels: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    bins: int = 10
-    window_s: float = 86400.0
-    min_samples: int = 200
-    quantiles: tuple[tuple[float, ...], ...] = ()
-    buckets: deque[tuple[int, npt.NDArray[np.int64]]] = field(default_factory=deque)
+    Each asset is judged on its own data: machines that differ from one another (or from the
+    fleet the model was trained on, before per-asset baselines bring them together) do not
+    read as drift, and an asset reports only once it has `min_samples` inputs (weighted)
+    spanning half the window. Weights decay with event time, time constant `window_s`. The
+    histograms of every asset live in one array, so a batch is counted in a few numpy calls.
+    """
 
-    def __post_init__(self) -> None:
-        if self.quantiles:
-            ref = [quantile_bins(q) for q in self.quantiles]
+    def __init__(self, channels: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...],
+                 bins: int = 10, window_s: float = 86400.0, min_samples: int = 200,
+                 quantiles: tuple[tuple[float, ...], ...] = ()) -> None:
+        self.channels = channels
+        self.window_s = window_s
+        self.min_samples = min_samples
+        if quantiles:
+            ref = [quantile_bins(q) for q in quantiles]
             self.edges = [e for e, _ in ref]
-            self.expected = [s for _, s in ref]
+            expected = [sh for _, sh in ref]
         else:
-            self.edges = [reference_edges(m, s, self.bins) for m, s in zip(self.mean, self.std, strict=True)]
-            self.expected = [np.full(self.bins, 1.0 / self.bins)] * len(self.channels)
+            self.edges = [reference_edges(m, s, bins) for m, s in zip(mean, std, strict=True)]
+            expected = [np.full(bins, 1.0 / bins)] * len(channels)
         self.width = max(len(e) + 1 for e in self.edges)  # histogram columns (the most bins of any channel)
-        self.step = self.window_s / _BUCKETS
+        self.expected = np.zeros((len(channels), self.width))
+        self.valid = np.zeros((len(channels), self.width), dtype=bool)
+        for c, sh in enumerate(expected):
+            self.expected[c, : len(sh)] = sh
+            self.valid[c, : len(sh)] = True
+        self.slots: dict[str, int] = {}
+        self.counts = np.zeros((0, len(channels), self.width), dtype=np.float32)
+        self.first = np.zeros(0)   # per slot: event time of its first and newest input
+        self.last = np.zeros(0)
 
-    def add(self, ts: npt.NDArray[np.float64], values: FloatArray) -> None:
-        """Count the inputs `values` [N, C] seen at event times `ts` [N]."""
+    def _slot(self, asset: str) -> int:
+        slot = self.slots.get(asset)
+        if slot is None:
+            slot = self.slots[asset] = len(self.slots)
+            if slot >= len(self.counts):
+                grow = max(2 * len(self.counts), 16)
+                self.counts = np.concatenate([self.counts, np.zeros((grow - len(self.counts),
+                                                                     *self.counts.shape[1:]), np.float32)])
+                self.first = np.concatenate([self.first, np.full(grow - len(self.first), np.nan)])
+                self.last = np.concatenate([self.last, np.full(grow - len(self.last), np.nan)])
+        return slot
+
+    def forget(self, asset: str) -> None:
+        """Start an asset afresh (after a repair: another machine's data)."""
+        slot = self.slots.get(asset)
+        if slot is not None:
+            self.counts[slot] = 0.0
+            self.first[slot] = self.last[slot] = np.nan
+
+    def add(self, assets: list[str], ts: npt.NDArray[np.float64], values: FloatArray) -> None:
+        """Count the inputs `values` [N, C] of `assets` [N] seen at event times `ts` [N]."""
         if len(ts) == 0:
             return
-        # Per batch on the worker thread: one searchsorted per channel and one bincount, no
+        slots = np.fromiter((self._slot(a) for a in assets), dtype=np.int64, count=len(assets))
+        # Decay each asset's histogram once, to the newest event time the batch brings it.
+        uniq, pos = np.unique(slots, return_inverse=True)
+        newest, oldest = np.full(len(uniq), -np.inf), np.full(len(uniq), np.inf)
+        np.maximum.at(newest, pos, ts)
+        np.minimum.at(oldest, pos, ts)
+        last = self.last[uniq]
+        fresh = np.isnan(last)
+        self.first[uniq[fresh]] = oldest[fresh]
+        decay = np.where(fresh, 1.0, np.exp(-np.maximum(newest - np.nan_to_num(last), 0.0) / self.window_s))
+        self.counts[uniq] *= decay[:, None, None].astype(np.float32)
+        self.last[uniq] = np.where(fresh, newest, np.maximum(newest, np.nan_to_num(last)))
+        # Per batch on the worker thread: one searchsorted per channel and one add.at, no
         # per-reading Python (NaN sorts past every edge and is dropped with the non-finite).
         n_ch = len(self.channels)
         idx = np.empty(values.shape, dtype=np.int64)
         for c, edges in enumerate(self.edges):
             idx[:, c] = np.searchsorted(edges, values[:, c], side="left")
-        flat = idx + np.arange(n_ch) * self.width
         keep = np.isfinite(values)
-        keys = np.floor(ts / self.step).astype(np.int64)
-        size = n_ch * self.width
-        if keys[0] == keys[-1] and (keys == keys[0]).all():
-            groups = [(int(keys[0]), keep)]
-        else:
-            groups = [(int(k), keep & (keys == k)[:, None]) for k in np.unique(keys)]
-        for key, mask in groups:
-            counts = np.bincount(flat[mask], minlength=size).reshape(n_ch, self.width)
-            self._merge(key, counts)
-        self._prune(int(keys.max()))
+        rows = np.broadcast_to(slots[:, None], values.shape)[keep]
+        chans = np.broadcast_to(np.arange(n_ch)[None, :], values.shape)[keep]
+        # Within the batch too, an input weighs by its age against its asset's newest.
+        weight = np.exp(np.minimum(ts - newest[pos], 0.0) / self.window_s).astype(np.float32)
+        np.add.at(self.counts, (rows, chans, idx[keep]),
+                  np.broadcast_to(weight[:, None], values.shape)[keep])
 
-    def _merge(self, key: int, counts: npt.NDArray[np.int64]) -> None:
-        for k, c in self.buckets:
-            if k == key:
-                c += counts
-                return
-        self.buckets.append((key, counts))
-        if len(self.buckets) > 1 and key < self.buckets[-2][0]:
-            self.buckets = deque(sorted(self.buckets, key=lambda b: b[0]))
-
-    def _prune(self, newest: int) -> None:
-        while self.buckets and self.buckets[0][0] <= newest - _BUCKETS:
-            self.buckets.popleft()
+    def per_asset(self) -> tuple[list[str], FloatArray]:
+        """The assets that report (enough inputs over half the window) and their PSI [A, C]."""
+        names = [a for a in self.slots]
+        if not names:
+            return [], np.zeros((0, len(self.channels)))
+        slot = np.fromiter((self.slots[a] for a in names), dtype=np.int64, count=len(names))
+        counts = self.counts[slot].astype(np.float64)
+        total = counts.sum(axis=2)                                     # [A, C]
+        span = self.last[slot] - self.first[slot]
+        ok = (span >= self.window_s / 2) & (total.min(axis=1) >= self.min_samples)
+        if not ok.any():
+            return [], np.zeros((0, len(self.channels)))
+        counts, total = counts[ok], total[ok]
+        a = np.maximum(counts / np.maximum(total, 1e-12)[:, :, None], _FLOOR)
+        e = np.maximum(self.expected, _FLOOR)[None]
+        v = np.where(self.valid[None], (a - e) * np.log(a / e), 0.0).sum(axis=2)
+        return [n for n, k in zip(names, ok, strict=True) if k], np.nan_to_num(v, nan=0.0)
 
     def values(self) -> dict[str, float]:
-        """PSI per channel over the window; channels with too few samples are left out.
+        """Per channel, the highest PSI of any asset that reports; empty until one does.
 
-        Nothing is reported until the inputs span half the window: plant data has daily and
-        batch cycles, and a few minutes of it differ from the training data by nature.
+        Plant data has daily and batch cycles, and a few minutes of it differ from the training
+        data by nature: an asset reports only once its inputs span half the window.
         """
-        if not self.buckets or (self.buckets[-1][0] - self.buckets[0][0] + 1) * self.step < self.window_s / 2:
+        names, v = self.per_asset()
+        if not names:
             return {}
-        total = np.sum([c for _, c in self.buckets], axis=0)
-        out = {}
-        for i, name in enumerate(self.channels):
-            row = total[i, : len(self.edges[i]) + 1]
-            if row.sum() >= self.min_samples:
-                v = psi(row, self.expected[i])
-                out[name] = v if math.isfinite(v) else 0.0
-        return out
+        return {c: float(v[:, i].max()) for i, c in enumerate(self.channels)}
+
+    def drifting(self, threshold: float, n: int = 10) -> list[tuple[str, float]]:
+        """The (at most n) assets whose PSI passes `threshold` on some channel, most drifted first."""
+        names, v = self.per_asset()
+        if not names:
+            return []
+        worst = v.max(axis=1)
+        order = np.argsort(-worst, kind="stable")
+        return [(names[i], round(float(worst[i]), 4)) for i in order[:n] if worst[i] > threshold]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays a checkpoint keeps (the assets in slot order, their histograms and times)."""
+        n = len(self.slots)
+        return {"assets": np.asarray(list(self.slots), dtype=str), "counts": self.counts[:n].copy(),
+                "first": self.first[:n].copy(), "last": self.last[:n].copy()}
+
+    def restore(self, state: dict[str, np.ndarray]) -> int:
+        """Resume from `state()` (histograms of another shape are dropped); returns the assets kept."""
+        counts = state["counts"]
+        if counts.shape[1:] != self.counts.shape[1:]:
+            return 0
+        for i, asset in enumerate(state["assets"].tolist()):
+            slot = self._slot(str(asset))
+            self.counts[slot] = counts[i]
+            self.first[slot], self.last[slot] = state["first"][i], state["last"][i]
+        return len(state["assets"])

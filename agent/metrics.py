@@ -69,6 +69,8 @@ class Metrics:
                                  ["asset"], registry=r)
         self.assets = Gauge("vigil_assets", "Assets with state held.", registry=r)
         self.assets_stale = Gauge("vigil_assets_stale", "Assets whose window is not whole.", registry=r)
+        self.assets_learning = Gauge("vigil_assets_learning_baseline",
+                                     "Assets still learning their own baseline (not scored yet).", registry=r)
         self.mqtt_connected = Gauge("vigil_mqtt_connected", "1 while connected to the broker.",
                                     registry=r)
         self.outbox_depth = Gauge("vigil_outbox_depth", "Alerts waiting for a broker acknowledgement.",

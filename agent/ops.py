@@ -10,6 +10,7 @@ the pipeline, and returns what to publish; the agent publishes it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -17,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from agent.accounting import LeadTimeBook, Raised
 from agent.alarms import ChatterTracker, FloodChange, FloodTracker
@@ -75,6 +78,10 @@ class Effects:
     promote: bool = False
 
 
+# Drift is judged every this many ticks (seconds): it reads every asset's histograms.
+DRIFT_EVERY_TICKS = 5
+
+
 class Operations:
     """Alarm management and live accounting for one agent (worker thread only)."""
 
@@ -100,6 +107,8 @@ class Operations:
         self._seen: deque[tuple[str, float, str]] = deque(maxlen=_SEEN_EVENTS)
         self.refit = False
         self.drift_psi: dict[str, float] = {}
+        self.drifting: list[tuple[str, float]] = []
+        self._ticks = 0
         self.shadow_horizon_s = 0.0
         self.set_model(spec)
 
@@ -173,7 +182,7 @@ class Operations:
             aid = alert_id("shadow:" + self.agent_id, t.asset, t.cell, t.level.label, t.previous.label)
             self._hold("shadow", t.asset, aid, t.ts, self.shadow_horizon_s)
         if result.inputs is not None and result.input_ts is not None:
-            self.drift.add(result.input_ts, result.inputs)
+            self.drift.add(result.input_assets, result.input_ts, result.inputs)
         return out
 
     def _hold(self, model: str, asset: str, aid: str, ts: float, horizon_s: float) -> None:
@@ -250,18 +259,25 @@ class Operations:
             for asset, r in book.expire(now):
                 self._false_alarm(model, asset, r)
         self.metrics.event_time.set(now)
+        self._ticks += 1
+        if self._ticks % DRIFT_EVERY_TICKS == 1:
+            self._judge_drift()
+        self._gauges()
+        return out
+
+    def _judge_drift(self) -> None:
+        """Per channel the worst asset's PSI; refit recommended once any asset drifts."""
         psi = self.drift.values()
         for channel, v in psi.items():
             self.metrics.drift_psi.labels(channel).set(v)
         self.drift_psi = psi
-        refit = any(v > self.cfg.drift.psi_threshold for v in psi.values())
+        self.drifting = self.drift.drifting(self.cfg.drift.psi_threshold)
+        refit = bool(self.drifting)
         if refit != self.refit:
             self.refit = refit
             self.metrics.refit_recommended.set(1 if refit else 0)
             self.log.warning("refit_recommended" if refit else "refit_no_longer_recommended",
-                             drift={k: round(v, 3) for k, v in psi.items()})
-        self._gauges()
-        return out
+                             drift={k: round(v, 3) for k, v in psi.items()}, assets=self.drifting)
 
     def _false_alarm(self, model: str, asset: str, r: Raised) -> None:
         self.metrics.false_alarms.labels(model).inc()
@@ -399,10 +415,31 @@ class Operations:
             "shelved": sorted(a for a, s in self.assets.items() if s.shelved_until is not None)[:100],
             "refit_recommended": self.refit,
             "drift_psi": {k: round(v, 4) for k, v in self.drift_psi.items()},
+            "drifting_assets": dict(self.drifting),
             "psi_threshold": self.cfg.drift.psi_threshold,
         }
 
     # -- checkpoint --------------------------------------------------------------------------
+
+    @property
+    def drift_key(self) -> str:
+        """The drift histograms are kept under the serving model's version: another model has
+        another reference, so its histograms start afresh."""
+        return f"drift:{self.spec.version}"
+
+    def dump_drift(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **self.drift.state())  # type: ignore[arg-type]  # numpy stubs take allow_pickle as **
+        return buf.getvalue()
+
+    def restore_drift(self, blob: bytes) -> int:
+        """Resume the drift histograms; returns the assets restored (0 for an unreadable blob)."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                return self.drift.restore({k: z[k] for k in z.files})
+        except (ValueError, KeyError, OSError) as exc:
+            self.log.warning("drift_state_skipped", error=str(exc))
+            return 0
 
     def dump(self) -> dict[str, str | None]:
         """Rows for the assets changed since the last call (None: nothing left to keep)."""

@@ -19,25 +19,19 @@ import numpy as np
 import structlog
 
 from agent.alerts import alert_id, rfc3339_ms
+from agent.baseline import BaselineLearner
 from agent.config import AgentConfig, SubscriptionConfig
 from agent.ingest import Decoder, Reading, Reason
 from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.names import valid_name
-from agent.risk import (
-    EmpiricalCdf,
-    Level,
-    LevelMachine,
-    SurpriseTracker,
-    combine,
-    top_channels,
-    update_surprise,
-)
+from agent.risk import Level, LevelMachine, SurpriseTracker, in_force, top_channels
 from agent.runtime import Runtime
+from agent.scoring import Scorer
 from agent.shadow import ShadowScorer, ShadowTransition
 from agent.sparkplug import Command, Host, HostOptions, Output
 from agent.sparkplug.codec import ChannelMap
-from agent.spec import ModelSpec, Thresholds
+from agent.spec import Baseline
 from agent.state import dump_asset, load_asset
 from agent.windows import AssetWindow, Update, cell_of
 
@@ -48,13 +42,16 @@ if TYPE_CHECKING:  # agent.recorder imports pyarrow (~50 MiB), loaded only when 
 class AssetState:
     """Everything the agent keeps for one asset."""
 
-    __slots__ = ("arrival", "dead_until", "floor_ts", "historical", "level", "risk", "stale", "surprise",
-                 "window")
+    __slots__ = ("arrival", "baseline", "dead_until", "floor_ts", "historical", "level", "risk", "stale",
+                 "surprise", "window")
 
-    def __init__(self, window: AssetWindow, surprise: SurpriseTracker, level: LevelMachine) -> None:
+    def __init__(self, window: AssetWindow, surprise: SurpriseTracker, level: LevelMachine,
+                 baseline: Baseline | BaselineLearner | None = None) -> None:
         self.window = window
         self.surprise = surprise
         self.level = level
+        # With per-asset baselines: the model file's for this asset, or one it learns first.
+        self.baseline = baseline
         self.stale = False
         self.risk = 0.0
         self.arrival = 0.0  # monotonic arrival of the newest reading, for latency
@@ -92,9 +89,11 @@ class BatchResult:
     risks: list[RiskOut] = field(default_factory=list)
     alerts: list[AlertOut] = field(default_factory=list)
     shadow: list[ShadowTransition] = field(default_factory=list)
-    # The newest cell of each scored window (raw units) and its event time: drift's input.
+    # The newest cell of each scored window as the model reads it (raw units, or against the asset's
+    # baseline), its event time and its asset: drift's input.
     inputs: np.ndarray | None = None
     input_ts: np.ndarray | None = None
+    input_assets: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -132,19 +131,12 @@ class Pipeline:
 
     # -- model -------------------------------------------------------------------------------
 
-    def _thresholds(self, spec: ModelSpec) -> Thresholds:
-        t = spec.thresholds
-        w = self.cfg.model.warning or t.warning
-        c = self.cfg.model.critical or t.critical
-        return Thresholds(w, max(c, w), min(t.hysteresis, w / 2), t.dwell, t.cooldown)
-
     def _set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
-        self.thresholds = self._thresholds(self.spec)
-        # The probability grids of this model, made once, not per window.
-        self._surprise_cdf = EmpiricalCdf(self.spec.surprise.quantiles)
-        self._anomaly_cdf = None if self.spec.anomaly is None else EmpiricalCdf(self.spec.anomaly.quantiles)
+        m = self.cfg.model
+        self.thresholds = in_force(self.spec.thresholds, m.sensitivity, m.warning, m.critical)
+        self.scorer = Scorer(self.spec)  # this model's probability grids, made once, not per window
         self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
         self._cell_ts = float("nan")  # the period may have changed
         for i, host in self.hosts.items():
@@ -164,9 +156,10 @@ class Pipeline:
         keep = (old.channels, old.period_s, old.window) == (new.channels, new.period_s, new.window)
         self._set_runtime(runtime)
         if keep:
-            for st in self.assets.values():
+            for asset, st in self.assets.items():
                 st.level.t = self.thresholds
-                st.surprise = SurpriseTracker(new.surprise.ewma_alpha)
+                st.surprise = self.scorer.tracker()
+                st.baseline = self._baseline(asset, st.baseline)
         else:
             self.assets.clear()
             self._due.clear()
@@ -175,13 +168,33 @@ class Pipeline:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def _new_asset(self) -> AssetState:
+    def _new_asset(self, asset: str) -> AssetState:
         w = self.cfg.windows
         s = self.spec
         return AssetState(
             AssetWindow(s.n_channels, s.window, max_gap=w.max_gap, lateness=w.allowed_lateness,
                         stride=w.stride, agg=w.aggregation, precise=not s.normalisation.float32_exact),
-            SurpriseTracker(s.surprise.ewma_alpha), LevelMachine(self.thresholds))
+            self.scorer.tracker(), LevelMachine(self.thresholds), self._baseline(asset))
+
+    def _baseline(self, asset: str, old: Baseline | BaselineLearner | None = None
+                  ) -> Baseline | BaselineLearner | None:
+        """The asset's baseline under the serving model: the file's, or one it learns (a learnt one
+        is kept across a model swap when the new model baselines the same way)."""
+        policy = self.spec.baseline
+        if policy is None:
+            return None
+        profile = self.spec.profiles.get(asset)
+        if profile is not None and profile.baseline is not None:
+            return profile.baseline
+        if isinstance(old, BaselineLearner) and old.policy == policy:
+            return old
+        return BaselineLearner(policy)
+
+    @property
+    def n_learning(self) -> int:
+        """Assets still learning their baseline (not scored yet)."""
+        return sum(1 for st in self.assets.values()
+                   if isinstance(st.baseline, BaselineLearner) and not st.baseline.ready)
 
     def ingest(self, sub_index: int, topic: str, payload: bytes, arrival_wall: float,
                arrival_mono: float) -> tuple[int, list[Reason]]:
@@ -222,7 +235,7 @@ class Pipeline:
             if len(self.assets) >= self._max_assets:
                 rejects.extend([Reason.ASSET_LIMIT] * len(chans))
                 return 0
-            st = self.assets[asset] = self._new_asset()
+            st = self.assets[asset] = self._new_asset(asset)
         if ts <= st.floor_ts:
             rejects.extend([Reason.LATE] * len(chans))
             return 0
@@ -305,7 +318,7 @@ class Pipeline:
                 return Reason.NOT_MINE
             if len(self.assets) >= self.cfg.windows.max_assets:
                 return Reason.ASSET_LIMIT
-            st = self.assets[r.asset] = self._new_asset()
+            st = self.assets[r.asset] = self._new_asset(r.asset)
         if r.ts <= st.floor_ts:
             return Reason.LATE
         w = st.window
@@ -341,7 +354,8 @@ class Pipeline:
         for asset in assets:
             st = self.assets.get(asset)
             if st is not None:
-                rows[asset] = dump_asset(st.window, st.level, st.surprise, st.stale, st.risk)
+                learner = st.baseline if isinstance(st.baseline, BaselineLearner) else None
+                rows[asset] = dump_asset(st.window, st.level, st.surprise, st.stale, st.risk, learner)
         return rows
 
     def restore(self, rows: dict[str, bytes]) -> int:
@@ -349,11 +363,12 @@ class Pipeline:
         for asset, blob in rows.items():
             if len(self.assets) >= self.cfg.windows.max_assets:
                 break
-            st = self._new_asset()
             try:
                 if not valid_name(asset):
                     raise ValueError("invalid asset name")
-                st.stale, st.risk = load_asset(blob, st.window, st.level, st.surprise)
+                st = self._new_asset(asset)
+                learner = st.baseline if isinstance(st.baseline, BaselineLearner) else None
+                st.stale, st.risk = load_asset(blob, st.window, st.level, st.surprise, learner)
             except (ValueError, KeyError, TypeError) as exc:
                 if self.log is not None:
                     self.log.warning("checkpoint_row_skipped", asset=asset[:100], error=str(exc))
@@ -408,6 +423,7 @@ class Pipeline:
         stamps: list[float] = []
         xs: list[np.ndarray] = []
         history: list[bool] = []
+        baselines: list[Baseline | None] = []
         while self._due and len(names) < max_batch:
             asset = next(iter(self._due))
             del self._due[asset]
@@ -426,6 +442,15 @@ class Pipeline:
                         st.stale = True
                         out.risks.append(self._risk_doc(asset, st, closed.end, closed.newest_ts, {}))
                     continue
+                baseline = st.baseline
+                if isinstance(baseline, BaselineLearner):
+                    if not baseline.ready:
+                        self.dirty.add(asset)
+                        if self.shadow is not None:  # it learns from the same cells
+                            self.shadow.learn(asset, closed.end, closed.window)
+                        if not baseline.update(closed.end, closed.window):
+                            continue  # still learning this asset's normal: nothing to score yet
+                    baseline = baseline.baseline
                 if not historical and closed.end > st.dead_until:
                     st.stale = False
                 names.append(asset)
@@ -433,69 +458,46 @@ class Pipeline:
                 stamps.append(closed.newest_ts)
                 xs.append(closed.window)
                 history.append(historical)
+                baselines.append(baseline)
         self.metrics.assets.set(len(self.assets))
         if not names:
             return out
         s = self.spec
         raw = np.stack(xs).astype(np.float64, copy=False)  # windows come in the ring's dtype
-        x = s.normalise(raw)
+        x = self.scorer.normalise(raw, baselines)
         t0 = time.perf_counter()
         outputs = self.runtime.infer(x)
         self.metrics.inference_duration.observe(time.perf_counter() - t0)
-        out.inputs = raw[:, -1, :]
+        # Drift watches what the model reads: the newest cell of each window against the asset's baseline.
+        out.inputs = (raw[:, -1, :] if s.baseline is None else
+                      (raw[:, -1, :] - np.asarray([b.center for b in baselines if b is not None]))
+                      / np.asarray([b.scale for b in baselines if b is not None]))
         out.input_ts = np.asarray([self._event_time(e, t) for t, e in zip(stamps, ends, strict=True)])
+        out.input_assets = names
         if self.shadow is not None:
             out.shadow = self.shadow.score(names, ends, list(out.input_ts), raw, [not h for h in history])
         self.metrics.inference_batch_size.observe(len(names))
         self.metrics.windows_inferred.inc(len(names))
         states = [self.assets[a] for a in names]
-        n = len(names)
-        # The batch's arithmetic in a few numpy calls; per window only what decides.
-        per_channels: list[np.ndarray | None] = [None] * n
-        p_surprises: list[float | None] = [None] * n
-        if outputs.forecast_mean is not None and outputs.forecast_logvar is not None:
-            # Each tracker keeps its forecast until the next window: float32, as the model made
-            # it (a copy, so the batch's arrays are not held); compared in float64.
-            per_channels = update_surprise([st.surprise for st in states], ends,
-                                           x[:, -s.horizon :].astype(np.float64),
-                                           outputs.forecast_mean, outputs.forecast_logvar)
-            have = [i for i, pc in enumerate(per_channels) if pc is not None]
-            if have:
-                scores = np.mean(np.stack([per_channels[i] for i in have]), axis=1)  # type: ignore[misc]
-                for i, p in zip(have, self._surprise_cdf(scores).tolist(), strict=True):
-                    p_surprises[i] = p
-        nothing: list[float | None] = [None] * n
-        p_fails: list[float | None] = nothing if outputs.fail_prob is None else outputs.fail_prob.tolist()
-        # Remaining useful life in seconds of event time (the head predicts grid cells).
-        ruls: list[float | None] = (nothing if outputs.rul is None else
-                                    [round(v * s.period_s, 1) for v in outputs.rul.tolist()])
-        p_anomalies: list[float | None] = (
-            self._anomaly_cdf(outputs.anomaly_nll.astype(np.float64)).tolist()
-            if outputs.anomaly_nll is not None and self._anomaly_cdf is not None else nothing)
+        scored = self.scorer.score(names, outputs, x, [st.surprise for st in states], ends)
         for i, asset in enumerate(names):
             st = states[i]
-            per_channel = per_channels[i]
-            p_surprise, p_fail, rul, p_anomaly = p_surprises[i], p_fails[i], ruls[i], p_anomalies[i]
-            risk = combine(p_fail, p_surprise, s.combiner, p_anomaly)
+            sc = scored[i]
+            risk = sc.risk
             if risk != risk:  # NaN: a model fault, never a decision
                 self._bad_output.warning("model_output_not_finite", key="nan", asset=asset)
                 continue
             if history[i]:
                 continue  # history in event time: the surprise tracker has seen it; no decision
             st.risk = risk
-            signals: dict[str, float] = {}
-            if p_fail is not None:
-                signals["fail_prob"] = round(p_fail, 6)
-            if p_surprise is not None:
-                signals["surprise"] = round(p_surprise, 6)
-            if p_anomaly is not None:
-                signals["anomaly"] = round(p_anomaly, 6)
+            # Remaining useful life in seconds of event time (the head predicts grid cells).
+            rul = None if sc.rul_cells is None else round(sc.rul_cells * s.period_s, 1)
             # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
-            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], signals, rul))
+            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], sc.signals(), rul))
             if tr is not None:
                 out.alerts.append(self._alert(asset, tr.cell, stamps[i], tr.level, tr.previous, risk,
-                                              per_channel, rul))
+                                              sc.per_channel, rul))
         return out
 
     def _event_time(self, end: int, newest_ts: float) -> float:
@@ -525,7 +527,7 @@ class Pipeline:
         if old is not None:
             self.n_ready -= len(old.window.ready)
             self._due.pop(asset, None)
-        st = self.assets[asset] = self._new_asset()
+        st = self.assets[asset] = self._new_asset(asset)
         st.floor_ts = max(ts, old.floor_ts if old is not None else -math.inf)
         if self.shadow is not None:
             self.shadow.forget(asset)
@@ -540,7 +542,7 @@ class Pipeline:
         if st is None:
             if not self._room_for(asset):
                 return
-            st = self.assets[asset] = self._new_asset()
+            st = self.assets[asset] = self._new_asset(asset)
         st.floor_ts = max(st.floor_ts, ts)
 
     def _room_for(self, asset: str) -> bool:

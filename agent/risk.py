@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
+from agent.spec import AnomalyStats, Combiner, SurpriseStats, Tail, Thresholds
 
 FloatArray = npt.NDArray[np.float64]
 AnyFloatArray = npt.NDArray[np.floating[Any]]  # float32 or float64
-_EPS = 1e-6
+# Probabilities are kept this far from 0 and 1 before a logit: a tail probability of 1e-9 (one
+# window in years of 1 s cells) must still rank above one of 1e-6.
+_EPS = 1e-12
+LOGISTIC_EPS = 1e-6
 
 
 class Level(IntEnum):
@@ -33,32 +36,37 @@ class Level(IntEnum):
         return self.name.lower()
 
 
-def surprise_z2(mean: AnyFloatArray, logvar: AnyFloatArray, observed: FloatArray) -> FloatArray:
+def surprise_z2(mean: AnyFloatArray, logvar: AnyFloatArray, observed: FloatArray,
+                z2_max: float = math.inf) -> FloatArray:
     """Per-channel mean squared z-score of observed cells under a forecast.
 
     `mean` and `logvar` are the forecast [H, C] made at some cell; `observed` the k <= H
-    normalised cells that followed it. Under a calibrated forecast each term is about 1.
+    normalised cells that followed it. Under a calibrated forecast each term is about 1; each
+    is capped at `z2_max`, so one channel's wild reading cannot outweigh every other channel.
     """
     k = min(len(observed), len(mean))
     # In float64 whatever the forecast's dtype (the agent keeps it as float32): exp of a
     # float32 would round differently from training's.
     mu, lv = np.asarray(mean[:k], dtype=np.float64), np.asarray(logvar[:k], dtype=np.float64)
-    z2 = (observed[:k] - mu) ** 2 * np.exp(-lv)
+    z2 = np.minimum((observed[:k] - mu) ** 2 * np.exp(-lv), z2_max)
     return np.asarray(np.mean(z2, axis=0), dtype=np.float64)
 
 
 class SurpriseTracker:
     """Per-asset surprise state: the last forecast and an EWMA of per-channel z^2."""
 
-    __slots__ = ("alpha", "ewma", "forecast_cell", "logvar", "mean")
+    __slots__ = ("alpha", "ewma", "forecast_cell", "level", "logvar", "mean", "z2_max")
 
-    def __init__(self, alpha: float) -> None:
+    def __init__(self, alpha: float, z_max: float = 0.0) -> None:
         self.alpha = alpha
+        self.z2_max = z_max * z_max if z_max > 0 else math.inf
         self.forecast_cell = -1
         # The last forecast [H, C]: the agent keeps it as float32, as the model made it.
         self.mean: AnyFloatArray | None = None
         self.logvar: AnyFloatArray | None = None
         self.ewma: FloatArray | None = None
+        # The state signal's smoothed per-channel contributions (`agent.scoring`), if the model has it.
+        self.level: FloatArray | None = None
 
     def update(self, end_cell: int, window_tail: FloatArray, mean: AnyFloatArray,
                logvar: AnyFloatArray) -> FloatArray | None:
@@ -70,7 +78,7 @@ class SurpriseTracker:
         if self.mean is not None and self.logvar is not None and self.forecast_cell >= 0:
             k = end_cell - self.forecast_cell
             if 1 <= k <= min(len(self.mean), len(window_tail)):
-                z2 = surprise_z2(self.mean, self.logvar, window_tail[-k:])
+                z2 = surprise_z2(self.mean, self.logvar, window_tail[-k:], self.z2_max)
                 if np.isfinite(z2).all():  # one faulty forecast must not poison the average
                     self.ewma = z2 if self.ewma is None else self.ewma + self.alpha * (z2 - self.ewma)
             elif k > len(self.mean):
@@ -131,7 +139,8 @@ def _surprise_round(trackers: Sequence[SurpriseTracker], ends: Sequence[int], ta
         lv = np.stack([trackers[i].logvar for i in idx])[:, :k].astype(np.float64)  # type: ignore[misc]
         # Per row the very operations of `surprise_z2`: a mean over axis 1 of [n, k, C] sums the
         # k cells in the same order as its mean over axis 0 of [k, C].
-        z2 = np.mean((tails[idx, horizon - k :] - mu) ** 2 * np.exp(-lv), axis=1)
+        cap = np.asarray([trackers[i].z2_max for i in idx])[:, None, None]
+        z2 = np.mean(np.minimum((tails[idx, horizon - k :] - mu) ** 2 * np.exp(-lv), cap), axis=1)
         finite = np.isfinite(z2).all(axis=1).tolist()
         fresh = [j for j, i in enumerate(idx) if finite[j] and trackers[i].ewma is None]
         going = [j for j, i in enumerate(idx) if finite[j] and trackers[i].ewma is not None]
@@ -151,23 +160,34 @@ def _surprise_round(trackers: Sequence[SurpriseTracker], ends: Sequence[int], ta
 
 
 class EmpiricalCdf:
-    """A healthy distribution's quantiles as a CDF: the probability grid made once (per model),
-    not per window; scores a whole batch in one call."""
+    """A healthy distribution's quantiles as a CDF, extended beyond `tail.u` by its fitted tail:
+    the probability grid made once (per model), not per window; scores a whole batch in one call."""
 
-    __slots__ = ("probs", "q")
+    __slots__ = ("probs", "q", "tail")
 
-    def __init__(self, quantiles: Sequence[float]) -> None:
+    def __init__(self, quantiles: Sequence[float], tail: Tail | None = None) -> None:
         self.q = np.asarray(quantiles, dtype=np.float64)
         self.probs = np.linspace(0.0, 1.0, len(self.q))
+        self.tail = tail
 
     def __call__(self, scores: FloatArray) -> FloatArray:
         """Where each score falls, in [0, 1]."""
-        return np.asarray(np.interp(scores, self.q, self.probs, left=0.0, right=1.0), dtype=np.float64)
+        p = np.asarray(np.interp(scores, self.q, self.probs, left=0.0, right=1.0), dtype=np.float64)
+        if self.tail is not None:
+            beyond = np.asarray(scores) > self.tail.u
+            if beyond.any():
+                p = np.where(beyond, 1.0 - self.tail.survival(np.where(beyond, scores, self.tail.u)), p)
+        return p
+
+
+def surprise_cdf(stats: SurpriseStats) -> EmpiricalCdf:
+    """The map from a surprise score to its probability under `stats`."""
+    return EmpiricalCdf(stats.quantiles, stats.tail)
 
 
 def surprise_probability(score: float, stats: SurpriseStats) -> float:
-    """Where `score` falls in the healthy distribution (empirical CDF), in [0, 1]."""
-    return float(EmpiricalCdf(stats.quantiles)(np.asarray(score, dtype=np.float64)))
+    """Where `score` falls in the healthy distribution (empirical CDF and tail), in [0, 1]."""
+    return float(surprise_cdf(stats)(np.asarray(score, dtype=np.float64)))
 
 
 def anomaly_probability(score: float, stats: AnomalyStats) -> float:
@@ -180,16 +200,59 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def logit(p: FloatArray) -> FloatArray:
+    """The logit of probabilities, kept as far from 0 and 1 as `combine` keeps them."""
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def in_force(t: Thresholds, sensitivity: float = 1.0, warning: float | None = None,
+             critical: float | None = None) -> Thresholds:
+    """The thresholds an agent decides with: the model's, moved by `sensitivity`, unless the
+    config sets a level outright (`[model] warning`, `critical`)."""
+    t = sensitive(t, sensitivity)
+    w = warning or t.warning
+    c = critical or t.critical
+    return Thresholds(w, max(c, w), min(t.hysteresis, w / 2), t.dwell, t.cooldown, t.tail)
+
+
+def sensitive(t: Thresholds, factor: float) -> Thresholds:
+    """The thresholds for `factor` times the calibrated false-alarm rate (`[model] sensitivity`).
+
+    Each level's threshold moves along the healthy risk's tail, so the share of healthy windows
+    above it is multiplied by `factor`: 2 alerts earlier and accepts about twice the false
+    alarms, 0.5 the reverse. A threshold never moves below the tail's start (the healthy risk's
+    98th percentile). Files without a tail keep their thresholds.
+    """
+    if factor == 1.0 or t.tail is None:
+        return t
+    tail = t.tail
+
+    def move(level: float) -> float:
+        z = float(logit(np.asarray(level)))
+        p = float(tail.survival(np.asarray(max(z, tail.u)))) * factor
+        z_new = tail.u if p >= tail.share else tail.quantile(p)
+        return float(1.0 / (1.0 + math.exp(-min(max(z_new, -50.0), 50.0))))
+
+    warning = move(t.warning)
+    critical = max(move(t.critical), warning)
+    return Thresholds(warning, critical, t.hysteresis * warning / t.warning, t.dwell, t.cooldown, t.tail)
+
+
 def combine(fail_prob: float | None, p_surprise: float | None, c: Combiner,
-            p_anomaly: float | None = None) -> float:
-    """Risk from the failure, surprise and anomaly probabilities (any may be absent)."""
+            p_anomaly: float | None = None, p_level: float | None = None) -> float:
+    """Risk from the failure, surprise, anomaly and level probabilities (any may be absent)."""
+    signals = ((c.w_fail, fail_prob), (c.w_surprise, p_surprise), (c.w_anomaly, p_anomaly),
+               (c.w_level, p_level))
+    if c.rule == "max":
+        present = [p for w, p in signals if w > 0 and p is not None]
+        return max(present) if present else 1.0 / (1.0 + math.exp(-c.bias))
     z = c.bias
-    if fail_prob is not None:
-        z += c.w_fail * _logit(fail_prob)
-    if p_surprise is not None:
-        z += c.w_surprise * _logit(p_surprise)
-    if p_anomaly is not None:
-        z += c.w_anomaly * _logit(p_anomaly)
+    for w, p in signals:
+        if p is not None:
+            # The weights were fitted on probabilities within 1e-6 of 0 and 1 (training's
+            # `fit_combiner`): a signal deeper in its tail must not outweigh what they say.
+            z += w * _logit(min(max(p, LOGISTIC_EPS), 1.0 - LOGISTIC_EPS))
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 

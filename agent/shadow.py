@@ -11,14 +11,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.baseline import BaselineLearner
 from agent.config import AgentConfig
 from agent.errors import ModelError
-from agent.risk import EmpiricalCdf, Level, LevelMachine, SurpriseTracker, combine
+from agent.risk import Level, LevelMachine, SurpriseTracker, in_force
 from agent.runtime import Expected, Runtime, load_runtime
+from agent.scoring import Scorer
+from agent.spec import Baseline
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -36,49 +40,76 @@ class ShadowTransition:
 
 
 class ShadowScorer:
-    """Per-asset surprise and level state of the shadow model, fed the live model's batches."""
+    """Per-asset surprise, baseline and level state of the shadow model, fed the live model's
+    batches, scored by the same `Scorer` as the live model."""
 
-    def __init__(self, runtime: Runtime, max_assets: int) -> None:
+    def __init__(self, runtime: Runtime, max_assets: int, sensitivity: float = 1.0) -> None:
         self.runtime = runtime
         self.spec = runtime.spec
         self.max_assets = max_assets
+        self.scorer = Scorer(self.spec)  # once per model, as the pipeline
+        self.thresholds = in_force(self.spec.thresholds, sensitivity)
         self.levels: dict[str, LevelMachine] = {}
         self.surprise: dict[str, SurpriseTracker] = {}
-        self._surprise_cdf = EmpiricalCdf(self.spec.surprise.quantiles)  # once per model, as the pipeline
+        self.baselines: dict[str, Baseline | BaselineLearner] = {}
 
     def forget(self, asset: str) -> None:
         """The asset restarts (repair): its shadow level starts at ok again."""
         self.levels.pop(asset, None)
         self.surprise.pop(asset, None)
+        self.baselines.pop(asset, None)
+
+    def _baseline(self, asset: str, end: int, window: npt.NDArray[np.floating[Any]]
+                  ) -> Baseline | bool | None:
+        """The asset's baseline under the shadow model (None: it has no per-asset baselines);
+        False while one is still being learnt."""
+        policy = self.spec.baseline
+        if policy is None:
+            return None
+        b = self.baselines.get(asset)
+        if b is None:
+            profile = self.spec.profiles.get(asset)
+            b = self.baselines[asset] = (profile.baseline if profile is not None and profile.baseline
+                                         is not None else BaselineLearner(policy))
+        if isinstance(b, BaselineLearner):
+            return b.baseline if b.update(end, window) else False
+        return b
+
+    def learn(self, asset: str, end: int, window: npt.NDArray[np.floating[Any]]) -> None:
+        """A window the live model did not score (its asset still learning its baseline): the
+        shadow learns from it too, so that both learn from the same cells."""
+        if asset in self.baselines or len(self.baselines) < self.max_assets:
+            self._baseline(asset, end, window)
 
     def score(self, names: list[str], ends: list[int], stamps: list[float], raw: FloatArray,
               decide: list[bool]) -> list[ShadowTransition]:
         """Score raw windows [B, W, C]; decide levels where `decide` says so."""
-        s = self.spec
-        x = s.normalise(raw)
-        out = self.runtime.infer(x)
-        moves: list[ShadowTransition] = []
+        keep: list[int] = []
+        baselines: list[Baseline | None] = []
         for i, asset in enumerate(names):
-            lm = self.levels.get(asset)
-            if lm is None:
+            if asset not in self.levels:
                 if len(self.levels) >= self.max_assets:
                     continue
-                lm = self.levels[asset] = LevelMachine(s.thresholds)
-                self.surprise[asset] = SurpriseTracker(s.surprise.ewma_alpha)
-            p_surprise = None
-            if out.forecast_mean is not None and out.forecast_logvar is not None:
-                per_channel = self.surprise[asset].update(
-                    ends[i], x[i, -s.horizon:].astype(np.float64), out.forecast_mean[i].astype(np.float32),
-                    out.forecast_logvar[i].astype(np.float32))  # kept as float32, as in the pipeline
-                if per_channel is not None:
-                    p_surprise = float(self._surprise_cdf(np.asarray(np.mean(per_channel))))
-            p_fail = float(out.fail_prob[i]) if out.fail_prob is not None else None
-            risk = combine(p_fail, p_surprise, s.combiner)
-            if risk != risk or not decide[i]:
+                self.levels[asset] = LevelMachine(self.thresholds)
+                self.surprise[asset] = self.scorer.tracker()
+            b = self._baseline(asset, ends[i], raw[i])
+            if b is False:
                 continue
-            tr = lm.update(risk, ends[i])
+            keep.append(i)
+            baselines.append(b if isinstance(b, Baseline) else None)
+        if not keep:
+            return []
+        assets = [names[i] for i in keep]
+        x = self.scorer.normalise(raw[keep], baselines)
+        scored = self.scorer.score(assets, self.runtime.infer(x), x, [self.surprise[a] for a in assets],
+                                   [ends[i] for i in keep])
+        moves: list[ShadowTransition] = []
+        for i, asset, sc in zip(keep, assets, scored, strict=True):
+            if sc.risk != sc.risk or not decide[i]:
+                continue
+            tr = self.levels[asset].update(sc.risk, ends[i])
             if tr is not None:
-                moves.append(ShadowTransition(asset, tr.cell, stamps[i], tr.level, tr.previous, risk))
+                moves.append(ShadowTransition(asset, tr.cell, stamps[i], tr.level, tr.previous, sc.risk))
         return moves
 
 

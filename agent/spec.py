@@ -44,6 +44,9 @@ class Normalisation:
     regime_centres: tuple[tuple[float, ...], ...] = ()   # [K][len(regime_channels)], raw units
     regime_mean: tuple[tuple[float, ...], ...] = ()      # [K][C]
     regime_std: tuple[tuple[float, ...], ...] = ()       # [K][C]
+    # Normalised values are clipped to +-clip (0: not clipped), so a reading hundreds of spreads
+    # away (a counter reset, a unit change, a fault) cannot throw the model far off its inputs.
+    clip: float = 0.0
 
     @property
     def n_regimes(self) -> int:
@@ -74,15 +77,49 @@ class Normalisation:
         """Raw cells [..., C] into the model's input space; each cell on its own."""
         mean, std = np.asarray(self.mean), np.asarray(self.std)
         if not self.regime_centres:
-            plain: npt.NDArray[np.float32] = ((x - mean) / std).astype(np.float32)
-            return plain
-        k = self.regime_of(x)
-        out = (x - np.asarray(self.regime_mean)[k]) / np.asarray(self.regime_std)[k]
-        rc = list(self.regime_channels)
-        codes = (np.asarray(self.regime_centres) - mean[rc]) / std[rc]   # [K, R]
-        out[..., rc] = codes[k]
+            out = (x - mean) / std
+        else:
+            k = self.regime_of(x)
+            out = (x - np.asarray(self.regime_mean)[k]) / np.asarray(self.regime_std)[k]
+            rc = list(self.regime_channels)
+            codes = (np.asarray(self.regime_centres) - mean[rc]) / std[rc]   # [K, R]
+            out[..., rc] = codes[k]
+        if self.clip > 0:
+            np.clip(out, -self.clip, self.clip, out=out)
         z: npt.NDArray[np.float32] = out.astype(np.float32)
         return z
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The upper tail of a healthy score distribution, a generalised Pareto distribution (GPD)
+    beyond its threshold `u`: P(S > s) = share * (1 + xi * (s - u) / sigma) ** (-1 / xi) for s > u.
+
+    Extreme-value theory (peaks over threshold, as in SPOT, Siffer et al., KDD 2017): the tail
+    beyond what validation showed is extrapolated, so a rare-enough score gets a probability
+    below 1 / (validation windows) instead of saturating at the largest score seen.
+    """
+
+    share: float   # P(S > u): the share of healthy scores beyond the threshold
+    u: float
+    sigma: float
+    xi: float
+
+    def survival(self, s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """P(S > s) for s >= u (s below u is treated as u)."""
+        y = np.maximum(np.asarray(s, dtype=np.float64) - self.u, 0.0) / self.sigma
+        if abs(self.xi) < 1e-9:
+            return np.asarray(self.share * np.exp(-y))
+        base = np.maximum(1.0 + self.xi * y, 0.0)
+        with np.errstate(divide="ignore"):
+            return np.asarray(self.share * np.power(base, -1.0 / self.xi))
+
+    def quantile(self, p: float) -> float:
+        """The score s with P(S > s) = p, for 0 < p <= share."""
+        r = min(max(p, 1e-300), self.share) / self.share
+        if abs(self.xi) < 1e-9:
+            return float(self.u - self.sigma * np.log(r))
+        return float(self.u + self.sigma / self.xi * (r ** -self.xi - 1.0))
 
 
 @dataclass(frozen=True)
@@ -91,11 +128,83 @@ class SurpriseStats:
 
     The per-window score is the mean squared z-score of newly observed cells under the
     previous forecast, smoothed by an EWMA; `quantiles` are that smoothed score's quantiles
-    on healthy validation data at evenly spaced probabilities 0..1 (an empirical CDF).
+    on healthy validation data at evenly spaced probabilities 0..1 (an empirical CDF), and
+    `tail` (when set) extends it beyond its top quantiles by extreme-value theory.
+
+    The z-score divides each channel's forecast error by `residual_scale` (its spread on healthy
+    validation data, in normalised units); without it (older files) by the forecast's own
+    standard deviation, `exp(forecast_logvar / 2)`. A forecast's own deviation widens right after
+    an upset, which is when an anomaly should count most; a fixed healthy spread does not.
     """
 
     ewma_alpha: float
     quantiles: tuple[float, ...]
+    residual_scale: tuple[float, ...] = ()
+    tail: Tail | None = None
+    # Each channel's z-score is capped at this many spreads before it is squared (0: no cap).
+    z_max: float = 0.0
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A healthy score distribution: quantiles at evenly spaced probabilities 0..1, and its tail."""
+
+    quantiles: tuple[float, ...]
+    tail: Tail | None = None
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """How far an asset's state lies from its healthy operating state, jointly over channels.
+
+    The newest normalised cell x, less the healthy `center`, scored as the Mahalanobis distance
+    d' P d / C with P the inverse of the healthy covariance shrunk towards its diagonal (so
+    channels that move together count once, and a combination never seen in health counts even
+    when each channel alone looks normal); each channel's standardised distance is capped at
+    `z_max`. Smoothed by an EWMA per channel contribution (the drivers), turned into a
+    probability by its healthy distribution. It sees a state that stays abnormal, which
+    forecast surprise, a measure of change, stops seeing once the forecast has caught up.
+    """
+
+    ewma_alpha: float
+    center: tuple[float, ...]
+    precision: tuple[tuple[float, ...], ...]
+    quantiles: tuple[float, ...]
+    tail: Tail | None = None
+    z_max: float = 0.0
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One asset's own normal: its inputs enter the model as (x - center) / scale, per channel."""
+
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BaselinePolicy:
+    """Per-asset baselines: each asset is normalised against its own normal before the model's
+    normalisation, so machines whose units or operating levels differ share one model.
+
+    Assets with a profile in the file use its baseline; any other asset learns its own from
+    its first `cells` whole cells (robust centre and spread, `agent.baseline`), and is scored
+    from then on. Regime channels are not baselined (they name the operating condition).
+    """
+
+    cells: int
+    channels: tuple[int, ...]        # indices of the baselined channels
+    floor: tuple[float, ...]         # per channel, the smallest scale a baseline may have (raw units)
+
+
+@dataclass(frozen=True)
+class AssetProfile:
+    """What the model knows of one asset of its training history: its baseline (with per-asset
+    baselines) and its own surprise statistics (when its history had validation time of its own)."""
+
+    baseline: Baseline | None = None
+    surprise: SurpriseStats | None = None
+    level: Distribution | None = None
 
 
 @dataclass(frozen=True)
@@ -110,14 +219,18 @@ class AnomalyStats:
 @dataclass(frozen=True)
 class Combiner:
     """Logistic combination of the signals:
-    sigmoid(w_fail*logit(pf) + w_surprise*logit(ps) + w_anomaly*logit(pa) + bias).
+    sigmoid(w_fail*logit(pf) + w_surprise*logit(ps) + w_anomaly*logit(pa) + w_level*logit(pl) + bias);
+    or, with rule "max" (no failure labels to weigh them by), the highest probability of the
+    signals with a non-zero weight: any one signal far in its tail raises the risk.
 
-    `w_anomaly` defaults to 0, so files written before the anomaly signal load unchanged."""
+    `w_anomaly`, `w_level` and `rule` default so that files written before them load unchanged."""
 
     w_fail: float
     w_surprise: float
     bias: float
     w_anomaly: float = 0.0
+    w_level: float = 0.0
+    rule: str = "logistic"
 
 
 @dataclass(frozen=True)
@@ -132,6 +245,9 @@ class Thresholds:
     hysteresis: float = 0.05
     dwell: int = 2
     cooldown: int = 30
+    # The upper tail of logit(risk) on healthy validation windows: how `[model] sensitivity`
+    # moves the thresholds without a refit (`agent.risk.sensitive`). None in older files.
+    tail: Tail | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +273,11 @@ class ModelSpec:
     # Per channel, quantiles of the raw training inputs at evenly spaced probabilities 0..1: the
     # reference the agent's drift measure (PSI) compares recent inputs with. Older files: empty.
     input_quantiles: tuple[tuple[float, ...], ...] = ()
+    # The state signal (None: older files, or none fitted).
+    level: LevelStats | None = None
+    # Per-asset baselines (None: one normalisation for every asset) and per-asset profiles.
+    baseline: BaselinePolicy | None = None
+    profiles: dict[str, AssetProfile] = field(default_factory=dict)
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -250,11 +371,79 @@ def _problems(s: ModelSpec) -> list[str]:
     if iq and (len(iq) != n or any(len(row) < 3 or not all(map(np.isfinite, row))
                                     or any(b < a for a, b in itertools.pairwise(row)) for row in iq)):
         out.append("input_quantiles need, per channel, >= 3 finite non-decreasing values")
-    q = s.surprise.quantiles
+    out.extend(_surprise_problems(s.surprise, n, "surprise"))
+    if not s.normalisation.clip >= 0:
+        out.append("normalisation clip must be >= 0")
+    if t.tail is not None:
+        out.extend(_tail_problems(t.tail, "thresholds tail"))
+    if s.combiner.rule not in ("logistic", "max"):
+        out.append("combiner rule must be logistic or max")
+    if s.level is not None:
+        out.extend(_level_problems(s.level, n))
+    out.extend(_baseline_problems(s, n))
+    return out
+
+
+def _surprise_problems(st: SurpriseStats, n_channels: int, where: str) -> list[str]:
+    out: list[str] = []
+    q = st.quantiles
     if len(q) < 2 or any(b < a for a, b in itertools.pairwise(q)):
-        out.append("surprise quantiles must be >= 2 non-decreasing values")
-    if not 0 < s.surprise.ewma_alpha <= 1:
-        out.append("surprise ewma_alpha must be in (0, 1]")
+        out.append(f"{where} quantiles must be >= 2 non-decreasing values")
+    if not 0 < st.ewma_alpha <= 1:
+        out.append(f"{where} ewma_alpha must be in (0, 1]")
+    scale = st.residual_scale
+    if scale and (len(scale) != n_channels or any(not v > 0 for v in scale)):
+        out.append(f"{where} residual_scale needs one value > 0 per channel")
+    if st.tail is not None:
+        out.extend(_tail_problems(st.tail, f"{where} tail"))
+    return out
+
+
+def _level_problems(lv: LevelStats, n_channels: int) -> list[str]:
+    out = _distribution_problems(Distribution(lv.quantiles, lv.tail), "level")
+    if len(lv.center) != n_channels or len(lv.precision) != n_channels or any(
+            len(row) != n_channels for row in lv.precision) or not 0 < lv.ewma_alpha <= 1:
+        out.append("level needs a centre and a precision row per channel and ewma_alpha in (0, 1]")
+    elif not np.isfinite(np.asarray(lv.precision)).all():
+        out.append("level precision must be finite")
+    return out
+
+
+def _distribution_problems(d: Distribution, where: str) -> list[str]:
+    out = []
+    q = d.quantiles
+    if len(q) < 2 or any(b < a for a, b in itertools.pairwise(q)):
+        out.append(f"{where} quantiles must be >= 2 non-decreasing values")
+    if d.tail is not None:
+        out.extend(_tail_problems(d.tail, f"{where} tail"))
+    return out
+
+
+def _tail_problems(t: Tail, where: str) -> list[str]:
+    if 0 < t.share < 1 and t.sigma > 0 and np.isfinite(t.u) and -1 < t.xi < 1:
+        return []
+    return [f"{where} needs 0 < share < 1, sigma > 0, a finite u and -1 < xi < 1"]
+
+
+def _baseline_problems(s: ModelSpec, n_channels: int) -> list[str]:
+    out: list[str] = []
+    b = s.baseline
+    if b is not None and (b.cells < 2 or len(b.floor) != n_channels or any(not v > 0 for v in b.floor)
+                          or len(set(b.channels)) != len(b.channels)
+                          or not all(0 <= c < n_channels for c in b.channels)
+                          or set(b.channels) & set(s.normalisation.regime_channels)):
+        out.append("baseline needs cells >= 2, one floor > 0 per channel and distinct channel indices "
+                   "that are not regime channels")
+    for asset, p in s.profiles.items():
+        if p.baseline is not None and (b is None or len(p.baseline.center) != n_channels
+                                       or len(p.baseline.scale) != n_channels
+                                       or any(not v > 0 for v in p.baseline.scale)):
+            out.append(f"profile {asset!r}: a baseline needs the model's baseline policy and one centre "
+                       "and one scale > 0 per channel")
+        if p.surprise is not None:
+            out.extend(_surprise_problems(p.surprise, n_channels, f"profile {asset!r} surprise"))
+        if p.level is not None:
+            out.extend(_distribution_problems(p.level, f"profile {asset!r} level"))
     return out
 
 
@@ -294,6 +483,18 @@ def spec_summary(spec: ModelSpec) -> dict[str, Any]:
         "heads": list(spec.heads),
         "regimes": max(spec.normalisation.n_regimes, 1),
         **({"rul_cap": spec.rul_cap} if spec.rul_cap else {}),
+        "signals": signals(spec),
+        "baselines": ("per asset: learnt from an asset's first "
+                      f"{spec.baseline.cells} cells unless the model knows it" if spec.baseline else "fleet"),
+        "assets_profiled": len(spec.profiles),
         "thresholds": {"warning": spec.thresholds.warning, "critical": spec.thresholds.critical},
         "created_at": spec.created_at,
     }
+
+
+def signals(spec: ModelSpec) -> list[str]:
+    """The signals the model's risk is made of, as the risk message's `signals` names them."""
+    c = spec.combiner
+    named = (("fail_prob", c.w_fail), ("surprise", c.w_surprise), ("anomaly", c.w_anomaly),
+             ("level", c.w_level))
+    return [name for name, w in named if w > 0]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.baseline import BaselineLearner
 from agent.errors import VigilError
 from agent.risk import LevelMachine, SurpriseTracker
 from agent.windows import AssetWindow
@@ -40,21 +41,26 @@ def _arrays(arrs: dict[str, np.ndarray | None]) -> tuple[dict[str, Any], bytes]:
 
 
 def dump_asset(window: AssetWindow, level: LevelMachine, surprise: SurpriseTracker, stale: bool,
-               risk: float) -> bytes:
+               risk: float, baseline: BaselineLearner | None = None) -> bytes:
     """One asset's state as bytes: a JSON header, then raw arrays."""
     arrays, counters = window.state()
+    b_arrays, b_meta = baseline.state() if baseline is not None else ({}, None)
     meta, body = _arrays({**arrays, "s_mean": surprise.mean, "s_logvar": surprise.logvar,
-                          "s_ewma": surprise.ewma})
+                          "s_ewma": surprise.ewma, "s_level": surprise.level, **b_arrays})
     header = json.dumps({
         "format": _FORMAT, "arrays": meta, "window": counters, "level": level.state(),
         "forecast_cell": surprise.forecast_cell, "stale": stale, "risk": risk,
+        **({"baseline": b_meta} if b_meta is not None else {}),
     }).encode()
     return _HEADER.pack(len(header)) + header + body
 
 
-def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: SurpriseTracker
-               ) -> tuple[bool, float]:
-    """Fill freshly made state objects from `dump_asset` bytes; returns (stale, risk)."""
+def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: SurpriseTracker,
+               baseline: BaselineLearner | None = None) -> tuple[bool, float]:
+    """Fill freshly made state objects from `dump_asset` bytes; returns (stale, risk).
+
+    A baseline being learnt (or learnt) resumes where it was; a row without one leaves the
+    learner fresh."""
     (n,) = _HEADER.unpack_from(blob)
     head = json.loads(blob[_HEADER.size : _HEADER.size + n])
     if head.get("format") not in _READS:
@@ -73,6 +79,9 @@ def load_asset(blob: bytes, window: AssetWindow, level: LevelMachine, surprise: 
     surprise.mean = _float32(arrays.get("s_mean"))
     surprise.logvar = _float32(arrays.get("s_logvar"))
     surprise.ewma = arrays.get("s_ewma")
+    surprise.level = arrays.get("s_level")
+    if baseline is not None and "baseline" in head:
+        baseline.restore(arrays, head["baseline"])
     return bool(head["stale"]), float(head["risk"])
 
 
@@ -94,6 +103,8 @@ class Checkpoint:
             # Operations state (maintenance, shelves, acknowledgements, pending accounting): per
             # asset JSON that does not depend on the model, so a model change keeps it.
             self._db.execute("CREATE TABLE IF NOT EXISTS ops (asset TEXT PRIMARY KEY, state TEXT)")
+            # Whole-agent state kept now and then rather than per asset (the drift histograms).
+            self._db.execute("CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, value BLOB)")
         except sqlite3.Error as exc:
             raise VigilError(f"state checkpoint {path}: {exc}") from exc
 
@@ -136,6 +147,22 @@ class Checkpoint:
 
     def load_ops(self) -> dict[str, str]:
         return {str(a): str(v) for a, v in self._db.execute("SELECT asset, state FROM ops")}
+
+    def save_blob(self, key: str, value: bytes) -> None:
+        """Replace the blob under `key`, and drop the others (they belonged to other models)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM blobs WHERE key != ?", (key,))
+            db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (key, value))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+
+    def load_blob(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM blobs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         self._db.close()

@@ -71,7 +71,8 @@ def _fail(reason: str, code: int) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed)
+    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed,
+                      operating_points=args.operating_points)
     progress = False if args.no_progress else None
     history, events = write_history(
         cfg, args.days, Path(args.out), start_ts=args.start, fmt=args.format, progress=progress,
@@ -82,7 +83,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed)
+    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed,
+                      operating_points=args.operating_points)
     opts = LiveOptions(
         topic_prefix=args.topic_prefix,
         speed=args.speed,
@@ -143,7 +145,8 @@ def _cmd_sparkplug(args: argparse.Namespace) -> int:
     # Imported here: the protobuf runtime is needed by this subcommand only.
     from sim.sparkplug import SparkplugOptions, run_sparkplug
 
-    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed)
+    cfg = PlantConfig(n_assets=args.assets, period_s=args.period, seed=args.seed,
+                      operating_points=args.operating_points)
     opts = SparkplugOptions(
         broker=args.broker,
         client_id=args.client_id or default_client_id("sparkplug"),
@@ -281,6 +284,9 @@ def _add_plant_args(p: argparse.ArgumentParser) -> None:
                    "same plant (default 0)")
     p.add_argument("--period", type=_positive, default=60.0, metavar="S",
                    help="sample period in seconds (default 60)")
+    p.add_argument("--operating-points", type=int, default=0, metavar="K",
+                   help="run each pump at K fixed load levels (operating conditions that set the "
+                   "sensor levels: train with --regime-channels speed); default 0: any level")
 
 
 def _add_mqtt_args(p: argparse.ArgumentParser) -> None:

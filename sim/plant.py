@@ -35,6 +35,7 @@ _TEMP, _VIB, _CURRENT, _PRESSURE, _SPEED = range(len(CHANNELS))
 _SENSOR_SIGMA: Final = np.array([0.25, 0.05, 0.3, 0.04, 3.0])
 _RATED_RPM: Final = 1480.0
 _RAMP_TAU_S: Final = 20 * 60.0  # load follows a regime change over tens of minutes
+_POINT_RAMP_TAU_S: Final = 60.0  # ... but a duty point is reached within minutes
 _THERMAL_TAU_S: Final = 40 * 60.0  # bearing housing heats and cools slowly
 _SPIKE_PROB: Final = 0.002  # per reading; healthy assets spike too, so a spike is not a failure
 # Sensors quantise; three decimals keep files short and live equal to history.
@@ -64,6 +65,11 @@ class PlantConfig:
     downtime_max_s: float = 12 * HOUR
     regime_mean_s: float = 3 * HOUR
     """Mean time between operating-load changes."""
+    operating_points: int = 0
+    """0: the load moves to any level between half and full load, over tens of minutes; N: only
+    to N fixed levels evenly spread over that range, within minutes (operating conditions, as a
+    machine with a few duty points or C-MAPSS FD002/FD004's six flight conditions), which set
+    sensor levels far more than wear does."""
     noise: float = 1.0
     """Multiplies every channel's sensor noise."""
 
@@ -87,6 +93,8 @@ class PlantConfig:
             raise ConfigError("downtime_max_s must be at least downtime_min_s")
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ConfigError(f"noise must be a non-negative number, got {self.noise}")
+        if self.operating_points < 0:
+            raise ConfigError(f"operating_points must be 0 or more, got {self.operating_points}")
 
     @property
     def asset_names(self) -> tuple[str, ...]:
@@ -121,7 +129,7 @@ class Plant:
         self._rated_pressure = rng.uniform(5.5, 6.5, n)
         self._heat_rise = rng.uniform(24.0, 34.0, n)
         # Operating state.
-        self._target = rng.uniform(0.5, 1.0, n)
+        self._target = self._load_level(rng.uniform(0.0, 1.0, n))
         self._load = self._target.copy()
         heat = self._heat_rise * self._current_frac(self._load) ** 2
         self._temp = self._ambient(self.start_ts) + heat
@@ -178,7 +186,7 @@ class Plant:
         dt = cfg.period_s
         # Every step draws the same shapes in the same order, so a seed fixes the whole run.
         regime_u = rng.random(n)
-        regime_target = rng.uniform(0.5, 1.0, n)
+        regime_target = self._load_level(rng.uniform(0.0, 1.0, n))
         noise = rng.standard_normal((n, len(CHANNELS) + 1))
         spike_u = rng.random(n)
         spike_size = rng.exponential(1.0, n)
@@ -188,7 +196,8 @@ class Plant:
 
         change = regime_u < dt / cfg.regime_mean_s
         self._target = np.where(change, regime_target, self._target)
-        self._load += (self._target - self._load) * -math.expm1(-dt / _RAMP_TAU_S)
+        tau = _POINT_RAMP_TAU_S if cfg.operating_points else _RAMP_TAU_S
+        self._load += (self._target - self._load) * -math.expm1(-dt / tau)
 
         elapsed = ts - self._onset
         failing = self._up & (elapsed >= self._life)
@@ -253,6 +262,16 @@ class Plant:
         downtime = self._rng.uniform(self.cfg.downtime_min_s, self.cfg.downtime_max_s, idx.size)
         self._down_until[idx] = ts + downtime
         events.extend((ts, self._names[i], FAILURE) for i in idx)
+
+    def _load_level(self, u: FloatArray) -> FloatArray:
+        """The load level a uniform draw u in [0, 1) picks: any between 0.5 and 1, or one of the
+        operating points (the draws are the same either way, so a seed fixes the rest of the run)."""
+        k = self.cfg.operating_points
+        if k == 0:
+            return 0.5 + 0.5 * u
+        if k == 1:
+            return np.full_like(u, 0.75)
+        return 0.5 + 0.5 * np.floor(u * k) / (k - 1)
 
     def _draw_life(self, size: int) -> FloatArray:
         lo, hi = math.log(self.cfg.life_min_s), math.log(self.cfg.life_max_s)

@@ -1,7 +1,9 @@
-"""Calibration on validation assets: temperature, surprise statistics, signal combiner, thresholds.
+"""Calibration on validation data: temperature, surprise statistics, signal combiner, thresholds.
 
 Everything here replays what the agent will do, with the agent's own code (`agent.risk`):
 the surprise EWMA over consecutive windows, the combination, and the level machine.
+Thresholds come from the false-alarm budget through the healthy risk's extreme-value tail
+(`training.evt`), and never below what the validation replay itself shows to be within budget.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from agent.risk import EmpiricalCdf, Level, LevelMachine, SurpriseTracker, combine
-from agent.spec import AnomalyStats, Combiner, SurpriseStats, Thresholds
+from agent.risk import LOGISTIC_EPS, EmpiricalCdf, Level, LevelMachine, combine, logit
+from agent.spec import AnomalyStats, Combiner, Tail, Thresholds
+from training import evt
 from training.labels import Inputs, WindowSet
 from training.model import Model
 
 FloatArray = npt.NDArray[np.float64]
 SECONDS_PER_DAY = 86_400.0
 N_QUANTILES = 101
+# The highest threshold: a risk as close to 1 as `agent.risk.combine` keeps any probability.
+TOP_RISK = 1.0 - 1e-12
 
 
 @dataclass(frozen=True)
@@ -98,30 +103,6 @@ def fit_temperature(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.floa
     return float(grid[int(torch.argmin(losses))])
 
 
-def surprise_scores(ws: WindowSet, pred: Predictions, alpha: float) -> FloatArray:
-    """The agent's smoothed surprise score for each window (NaN where it has none yet)."""
-    out = np.full(len(ws), np.nan)
-    for a in np.unique(ws.asset):
-        idx = np.flatnonzero(ws.asset == a)
-        idx = idx[np.argsort(ws.end_cell[idx], kind="stable")]
-        tracker = SurpriseTracker(alpha)
-        for i in idx:
-            s = tracker.update(int(ws.end_cell[i]), pred.tail[i].astype(np.float64),
-                               pred.mean[i].astype(np.float64), pred.logvar[i].astype(np.float64))
-            if s is not None:
-                out[i] = float(np.mean(s))
-    return out
-
-
-def fit_surprise(scores: FloatArray, healthy: npt.NDArray[np.bool_], alpha: float) -> SurpriseStats:
-    """The healthy distribution of the surprise score, as quantiles."""
-    ok = healthy & np.isfinite(scores)
-    if ok.sum() < 10:
-        raise ValueError("too few healthy validation windows to calibrate surprise (need >= 10)")
-    q = np.quantile(scores[ok], np.linspace(0.0, 1.0, N_QUANTILES))
-    return SurpriseStats(alpha, tuple(float(v) for v in np.maximum.accumulate(q)))
-
-
 def fit_anomaly(scores: npt.NDArray[np.float32], healthy: npt.NDArray[np.bool_]) -> AnomalyStats:
     """The healthy distribution of the VAE's anomaly score, as quantiles."""
     ok = healthy & np.isfinite(scores)
@@ -139,30 +120,26 @@ def fail_probabilities(logits: npt.NDArray[np.float32], temperature: float) -> F
     return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature)))
 
 
-def surprise_probabilities(scores: FloatArray, stats: SurpriseStats) -> FloatArray:
-    """The agent's surprise probability of every score at once (one grid, as the agent builds per model);
-    NaN where a window had no score."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.where(np.isfinite(scores), EmpiricalCdf(stats.quantiles)(scores), np.nan)
-
-
 def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.NDArray[np.float32],
-                 p_anomaly: FloatArray | None = None) -> Combiner:
+                 p_anomaly: FloatArray | None = None, p_level: FloatArray | None = None) -> Combiner:
     """Logistic regression of the failure label on the logits of the signals.
 
-    Weights are kept non-negative: more surprise, anomaly or a higher failure probability
-    never lowers risk. Without failure labels nothing can be fitted: risk is the surprise
-    probability itself, or with a VAE the naive-Bayes sum of the surprise and anomaly logits
-    (both unit weight; thresholds are then set on that risk's healthy distribution).
+    Weights are kept non-negative: more surprise, anomaly, level or a higher failure probability
+    never lowers risk. Without failure labels nothing can be fitted: risk is then the highest of
+    the unsupervised signals' probabilities (rule "max", each at unit weight; thresholds are set
+    on that risk's healthy distribution).
     """
     if p_fail is None or labels.min() == labels.max():
-        return Combiner(0.0, 1.0, 0.0, 1.0 if p_anomaly is not None else 0.0)
+        return Combiner(0.0, 1.0 if np.isfinite(p_surprise).any() else 0.0, 0.0,
+                        1.0 if p_anomaly is not None else 0.0, 1.0 if p_level is not None else 0.0, "max")
 
-    def logit(p: FloatArray) -> FloatArray:
-        p = np.clip(np.nan_to_num(p, nan=0.5), 1e-6, 1 - 1e-6)
-        return np.asarray(np.log(p / (1 - p)))
+    def logit6(p: FloatArray) -> FloatArray:
+        # Fitted on logits within +-13.8 (as `combine` applies them): a few windows far in the
+        # tail must not steer the weights.
+        return logit(np.clip(np.nan_to_num(p, nan=0.5), LOGISTIC_EPS, 1 - LOGISTIC_EPS))
 
-    cols = [logit(p_fail), logit(p_surprise)] + ([logit(p_anomaly)] if p_anomaly is not None else [])
+    extra = [q for q in (p_anomaly, p_level) if q is not None]
+    cols = [logit6(p_fail), logit6(p_surprise)] + [logit6(q) for q in extra]
     feats = torch.from_numpy(np.stack(cols, axis=1))
     y = torch.from_numpy(labels.astype(np.float64))
     raw_w = torch.zeros(len(cols), dtype=torch.float64, requires_grad=True)
@@ -178,20 +155,20 @@ def fit_combiner(p_fail: FloatArray | None, p_surprise: FloatArray, labels: npt.
         return loss
 
     opt.step(closure)  # type: ignore[no-untyped-call]
-    w = torch.nn.functional.softplus(raw_w).detach().numpy()
-    return Combiner(float(w[0]), float(w[1]), float(bias.detach()[0]),
-                    float(w[2]) if p_anomaly is not None else 0.0)
+    w = torch.nn.functional.softplus(raw_w).detach().numpy().tolist()
+    w_anomaly = w.pop(2) if p_anomaly is not None else 0.0
+    w_level = w.pop(2) if p_level is not None else 0.0
+    return Combiner(w[0], w[1], float(bias.detach()[0]), w_anomaly, w_level)
 
 
 def risks(p_fail: FloatArray | None, p_surprise: FloatArray, c: Combiner,
-          p_anomaly: FloatArray | None = None) -> FloatArray:
+          p_anomaly: FloatArray | None = None, p_level: FloatArray | None = None) -> FloatArray:
     """The agent's risk for each window."""
-    n = len(p_surprise)
-    return np.array([
-        combine(None if p_fail is None else float(p_fail[i]),
-                None if not np.isfinite(p_surprise[i]) else float(p_surprise[i]), c,
-                None if p_anomaly is None else float(p_anomaly[i]))
-        for i in range(n)])
+    def at(p: FloatArray | None, i: int) -> float | None:
+        return None if p is None or not np.isfinite(p[i]) else float(p[i])
+
+    return np.array([combine(at(p_fail, i), at(p_surprise, i), c, at(p_anomaly, i), at(p_level, i))
+                     for i in range(len(p_surprise))])
 
 
 @dataclass(frozen=True)
@@ -210,6 +187,13 @@ class AlertStats:
     @property
     def false_per_asset_day(self) -> float:
         return self.false_warnings / self.asset_days if self.asset_days else 0.0
+
+
+def alerting(st: AlertStats) -> tuple[float, ...]:
+    """How well alerts went on a replay, for comparing two risks: more failures caught, then
+    fewer false warnings, then fewer warnings (less chatter), then a longer median lead time."""
+    lead = float(np.median(st.lead_times_s)) if st.lead_times_s else 0.0
+    return (st.caught, -st.false_warnings, -st.warnings, lead)
 
 
 def replay_levels(ws: WindowSet, risk: FloatArray, thresholds: Thresholds, period_s: float,
@@ -254,41 +238,95 @@ def replay_levels(ws: WindowSet, risk: FloatArray, thresholds: Thresholds, perio
 
 def calibrate_thresholds(ws: WindowSet, risk: FloatArray, period_s: float, fail_horizon: int,
                          failure_cells: dict[int, list[int]], budget_per_asset_day: float,
-                         dwell: int = 2, cooldown: int = 30, hysteresis_frac: float = 0.1
-                         ) -> Thresholds:
-    """The lowest thresholds whose false alarms on validation stay within the budget.
+                         dwell: int = 2, cooldown: int = 30, hysteresis_frac: float = 0.1,
+                         healthy_mask: npt.NDArray[np.bool_] | None = None) -> Thresholds:
+    """Thresholds for the false-alarm budget (critical: a fifth of it).
 
-    Critical gets a fifth of the warning budget. Candidates are quantiles of the risk on
-    healthy windows (dense near the top), just above the healthiest maximum, and quantiles
-    of the risk before failures, so a budget can put a threshold between the two.
-    The lowest candidate within budget is found by bisection (false alarms fall as the
-    threshold rises); whatever is returned was replayed and meets the budget.
+    First the lowest level whose false alarms on the validation replay stay within the budget.
+    Where the healthy risk's extreme-value tail says a healthy asset would pass that level more
+    often than the budget allows (`budget_level`: what validation is too short to show), the
+    level rises to the tail's, but never so far that it misses a failure the validation replay
+    shows the lower level catching. So the threshold moves with the budget however little
+    validation there is, and labelled failures keep being caught. The tail is kept for
+    `[model] sensitivity`. `healthy_mask` picks the windows the tail is fitted on (default: no
+    failure within the horizon).
     """
-    healthy = risk[ws.fail == 0]
+    healthy = risk[ws.fail == 0 if healthy_mask is None else healthy_mask]
     failing = risk[ws.fail == 1]
     # Dense near the top, where a budget of about one alarm a month puts the threshold.
-    tail = 1.0 - np.logspace(-5.0, -0.3, 48)
-    qs = set(np.quantile(healthy, tail).tolist()) if len(healthy) else set()
+    tail_q = 1.0 - np.logspace(-5.0, -0.3, 48)
+    qs = set(np.quantile(healthy, tail_q).tolist()) if len(healthy) else set()
     if len(healthy):
         qs.add(float(np.nextafter(healthy.max(), 1.0)))
     if len(failing):
         qs |= set(np.quantile(failing, np.linspace(0.0, 1.0, 21)).tolist())
-    cands = sorted({float(min(max(q, 0.05), 0.999)) for q in qs} | {0.999})
+    cands = sorted({float(min(max(q, 0.05), TOP_RISK)) for q in qs} | {TOP_RISK})
+    tail = evt.fit_tail(logit(healthy)) if len(healthy) else None
 
     def thresholds(w: float, c: float) -> Thresholds:
-        return Thresholds(w, max(c, w), hysteresis=hysteresis_frac * w, dwell=dwell, cooldown=cooldown)
+        return Thresholds(w, max(c, w), hysteresis=hysteresis_frac * w, dwell=dwell, cooldown=cooldown,
+                          tail=tail)
+
+    def replay(w: float, c: float) -> AlertStats:
+        return replay_levels(ws, risk, thresholds(w, c), period_s, fail_horizon, failure_cells)
+
+    def true_criticals(st: AlertStats) -> int:
+        return st.criticals - st.false_criticals
 
     def warn_ok(w: float) -> bool:
-        st = replay_levels(ws, risk, thresholds(w, 1.0), period_s, fail_horizon, failure_cells)
-        return st.false_per_asset_day <= budget_per_asset_day
+        return replay(w, 1.0).false_per_asset_day <= budget_per_asset_day
 
     def crit_ok(c: float) -> bool:
-        st = replay_levels(ws, risk, thresholds(warn, c), period_s, fail_horizon, failure_cells)
+        st = replay(warn, c)
         return bool(st.asset_days) and st.false_criticals / st.asset_days <= budget_per_asset_day / 5
 
     warn = _lowest(cands, warn_ok)
-    crit = _lowest([v for v in cands if v >= warn], crit_ok)
+    share = 1.0 if tail is None else alarm_share(ws, risk, healthy, thresholds, period_s, fail_horizon,
+                                                 failure_cells)
+    if tail is not None:
+        caught = replay(warn, 1.0).caught
+        warn = _raise(cands, warn, budget_level(healthy, tail, budget_per_asset_day, period_s, share),
+                      lambda w: replay(w, 1.0).caught >= caught)
+    crit = _lowest(sorted({v for v in cands if v >= warn} | {warn}), crit_ok)
+    if tail is not None:
+        kept = true_criticals(replay(warn, crit))
+        crit = _raise(cands, crit, budget_level(healthy, tail, budget_per_asset_day / 5, period_s, share),
+                      lambda c: true_criticals(replay(warn, c)) >= kept)
     return thresholds(warn, crit)
+
+
+def _raise(cands: list[float], level: float, wanted: float, keeps: Callable[[float], bool]) -> float:
+    """`level` raised towards `wanted`, as far as `keeps` holds (it holds at `level`): `wanted`
+    itself if it does, else the highest candidate between the two that still keeps."""
+    if wanted <= level or keeps(wanted):
+        return max(level, wanted)
+    between = [v for v in cands if level < v < wanted]
+    # `_lowest` over the candidates from high to low finds the first (highest) that keeps.
+    return _lowest([*between[::-1], level], keeps) if between else level
+
+
+def budget_level(healthy: FloatArray, tail: Tail, budget_per_asset_day: float, period_s: float,
+                 alarms_per_exceedance: float) -> float:
+    """The risk a healthy window passes so rarely that the alarms it starts keep within the budget.
+
+    Alarms per cell = P(risk > t) x alarms per window above t (`alarm_share`: exceedances come
+    in runs, and dwell and hysteresis make one alarm of a run), so P(risk > t) = budget per cell
+    / that share; t is read off the tail of logit(risk) (or its quantiles, for a loose budget).
+    """
+    per_cell = budget_per_asset_day * period_s / SECONDS_PER_DAY
+    z = evt.level(logit(healthy), tail, per_cell / alarms_per_exceedance)
+    return min(float(1.0 / (1.0 + np.exp(-min(max(z, -50.0), 50.0)))), TOP_RISK)
+
+
+def alarm_share(ws: WindowSet, risk: FloatArray, healthy: FloatArray,
+                thresholds: Callable[[float, float], Thresholds], period_s: float, fail_horizon: int,
+                failure_cells: dict[int, list[int]]) -> float:
+    """Alarms started per healthy window above a threshold, measured by the replay at the healthy
+    risk's 99th percentile (high enough to be rare, low enough that validation shows many)."""
+    t = float(np.quantile(healthy, 0.99))
+    above = int((healthy >= t).sum())
+    st = replay_levels(ws, risk, thresholds(t, 1.0), period_s, fail_horizon, failure_cells)
+    return min(1.0, max(st.false_warnings, 1) / max(above, 1))
 
 
 def _lowest(cands: list[float], ok: Callable[[float], bool]) -> float:

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import VigilError
+from training.baselines import BASELINES
 from training.data import FORMATS
+from training.regimes import SCALINGS
+from training.split import SPLITS
 
 if TYPE_CHECKING:
     from agent.spec import ModelSpec
@@ -57,7 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--regime-channels", type=_names,
                    help="channels that set the operating regime (per-regime normalisation)")
     f.add_argument("--regimes", dest="n_regimes", type=int, help="number of regimes (default: found)")
-    f.add_argument("--scaling", choices=["z", "minmax"], help="normalisation: z-score or min-max")
+    f.add_argument("--scaling", choices=SCALINGS,
+                   help="normalisation: robust (median and interquartile spread; the default), z-score "
+                   "or min-max (C-MAPSS: z)")
+    f.add_argument("--clip", type=float,
+                   help="normalised inputs beyond +-CLIP are clipped (default 30; 0: never)")
+    f.add_argument("--split", choices=SPLITS,
+                   help="validation: whole assets (asset), each asset's last part after a gap (time), or "
+                   "auto: by asset with 20 assets or more or failures on 4 or more, else by time")
+    f.add_argument("--baseline", choices=BASELINES,
+                   help="asset: every asset against its own median and spread (machines whose levels "
+                   "differ share a model); fleet: one normalisation for all; auto (default): asset when "
+                   "the assets' levels differ by more than 10 of their own spreads")
     f.add_argument("--period", dest="period_s", type=_positive_float,
                    help="sample period in seconds (default: inferred)")
     f.add_argument("--window", type=_positive_int, help="window length W in cells (default 30)")
@@ -110,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--val-fraction", type=_fraction, help="share of assets for validation")
     f.add_argument("--test-fraction", type=_fraction, help="share of assets held out for test")
     f.add_argument("--false-alarms", dest="false_alarms_per_30_days", type=_positive_float,
-                   help="false-alarm budget: warnings per asset per 30 days (default 1)")
+                   help="false-alarm budget: warnings per asset per 30 days on healthy data (default 1); "
+                   "the agent's [model] sensitivity moves it later without a refit")
     f.add_argument("--seed", type=int)
     f.add_argument("--threads", type=_positive_int, help="torch threads")
     f.add_argument("--checkpoint", type=Path, help="checkpoint file, written every epoch")

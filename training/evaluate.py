@@ -22,7 +22,9 @@ import numpy.typing as npt
 from agent.runtime import Runtime, load_model
 from agent.spec import ModelSpec
 from agent.windows import cell_of
+from training import baselines as base
 from training import calibrate as cal
+from training import surprise as sur
 from training.calibrate import Predictions
 from training.data import Event, Format, History, load_events, load_history
 from training.labels import Inputs, WindowSet, build_windows
@@ -60,8 +62,9 @@ def score(pred: Predictions, temperature: float, spec: ModelSpec, data: Inputs,
     ws = data.ws
     has_forecast = "forecast_mean" in spec.heads
     if has_forecast:
-        scores = cal.surprise_scores(ws, pred, spec.surprise.ewma_alpha)
-        ps = cal.surprise_probabilities(scores, spec.surprise)
+        own = {a: p.surprise for a, p in spec.profiles.items() if p.surprise is not None}
+        scores = sur.surprise_scores(ws, pred, spec.surprise, own)
+        ps = sur.surprise_probabilities(scores, spec.surprise, ws, own)
     else:
         ps = np.full(len(ws), np.nan)
     pf = cal.fail_probabilities(pred.logit, temperature) if "fail_prob" in spec.heads else None
@@ -197,6 +200,8 @@ def evaluate_file(model: Path, history: Path, events: Path | None = None, *, fmt
     # C-MAPSS test engines may be shorter than the window: pad them with their first cycle.
     ws = build_windows(hist, evs, window=spec.window, horizon=spec.horizon, fail_horizon=spec.fail_horizon,
                        max_gap=max_gap, pad_start=fmt == "cmapss")
+    if spec.baseline is not None:  # each asset against its baseline: the file's, or learnt as the agent would
+        ws = base.apply(ws, base.for_model(ws, spec))
     if len(ws) == 0:
         raise ValueError(f"{history}: no whole window of {spec.window} cells")
     data = ws.inputs(spec.normalisation)

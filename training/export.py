@@ -163,7 +163,9 @@ def _forecaster_config(scripted: Any, sd: dict[str, torch.Tensor], n_channels: i
         n_channels=n_channels, horizon=int(scripted.horizon), fail_head=bool(scripted.has_fail),
         forecast_head=bool(scripted.has_forecast), rul_head=bool(scripted.has_rul),
         rul_cap=float(scripted.rul_cap), smooth=float(getattr(scripted, "smooth", 0.0)),
-        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0)
+        head_hidden=int(sd["rul_hidden.weight"].shape[0]) if scripted.rul_mlp else 0,
+        min_logvar=float(getattr(scripted, "min_logvar", -8.0)),
+        delta=bool(getattr(scripted, "delta", False)))
     if "trend.basis" in sd:
         return ModelConfig(**heads, hidden=int(sd["trend.out.weight"].shape[0]), encoder="trend",
                            window=int(sd["trend.basis"].shape[0]))

@@ -1,9 +1,10 @@
 """From history files to a calibrated model file and a validation summary.
 
-Steps: load and grid the history, window and label it, split by asset, fit the
-normalisation on training rows (per regime where there are several), train, calibrate on
-validation assets (temperature, surprise, combiner, thresholds), export with the parity
-check, and write a summary (and a report, if asked) beside the model.
+Steps: load and grid the history, window and label it, split by asset or by time, put each
+asset against its own baseline where assets differ, fit the normalisation on training rows
+(per regime where there are several), train, calibrate on validation windows (temperature,
+surprise, combiner, thresholds), export with the parity check, and write a summary (and a
+report, if asked) beside the model.
 
 With `stream`, the history is never held whole: it is streamed into a gridded cache
 (`training.stream`), the normalisation fitted asset by asset; training draws from every
@@ -36,25 +37,22 @@ import torch
 from torch import Tensor
 
 from agent.runtime import load_model
-from agent.spec import Combiner, ModelSpec, Normalisation, SurpriseStats
+from agent.spec import AssetProfile, Combiner, Distribution, ModelSpec, Normalisation, SurpriseStats
+from training import baselines as base
 from training import calibrate as cal
 from training import distributed as dist
+from training import level as lvl
+from training import split as splits
+from training import surprise as sur
 from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
 from training.gan import GanConfig, diversity, pre_failure, train_gan, with_synthetic
-from training.labels import (
-    Inputs,
-    Split,
-    WindowSet,
-    build_windows,
-    fit_normalisation,
-    input_quantiles,
-    split_by_asset,
-)
+from training.labels import Inputs, WindowSet, build_windows, fit_normalisation, healthy_mask, input_quantiles
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.source import MemorySource, WindowSource
+from training.split import Split, SplitKind, split_by_asset
 from training.stream import (
     DEFAULT_BUDGET,
     GridCache,
@@ -66,11 +64,13 @@ from training.stream import (
     pick_assets,
 )
 from training.train import TrainConfig, TrainResult, seed_everything, train
-from training.vae import LstmVae, VaeConfig, VaeTrainConfig, WithAnomaly, healthy_mask, train_vae
+from training.vae import LstmVae, VaeConfig, VaeTrainConfig, WithAnomaly, train_vae
 from training.vae import scores as vae_scores
 
 # Without forecast heads there is no surprise signal; the spec still needs a valid placeholder.
 NO_SURPRISE = SurpriseStats(1.0, (0.0, 1.0))
+# The forecast's standard deviation is never below 0.1 training spreads (training/model.py).
+LOGVAR_FLOOR = 2.0 * float(np.log(0.1))
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ class FitOptions:
     channels: tuple[str, ...] | None = None
     regime_channels: tuple[str, ...] = ()
     n_regimes: int | None = None          # None: found from the data
-    scaling: Scaling = "z"
+    scaling: Scaling = "robust"
+    clip: float = 30.0                    # normalised inputs beyond +-clip are clipped (0: never)
+    split: SplitKind = "auto"             # by asset, by time within each asset, or auto
+    baseline: base.BaselineKind = "auto"  # each asset against its own normal, one for all, or auto
     period_s: float | None = None
     window: int = 30
     horizon: int = 5
@@ -123,7 +126,9 @@ class FitOptions:
     # Validation assets named outright (cross-validation folds); None: drawn by seed with val_fraction.
     val_assets: tuple[str, ...] | None = None
     false_alarms_per_30_days: float = 1.0
-    surprise_alpha: float = 0.1
+    surprise_alpha: float = 0.5
+    surprise_z_max: float = 30.0          # a channel's surprise z-score is capped here (0: never)
+    level: bool = True                    # the state signal beside forecast surprise
     # LSTM-VAE anomaly scorer beside the forecaster, in the same file (docs/families.md).
     vae: bool = False
     vae_hidden: int = 32
@@ -180,7 +185,8 @@ def cmapss_options(history: Path, out: Path, **overrides: Any) -> FitOptions:
         window=120, horizon=5, fail_horizon=30, max_gap=0, pad_start=True, rul_cap=125.0, forecast=False,
         layers=1, head_hidden=0, smooth=0.0, refit=True, epochs=30, windows_per_epoch=100_000,
         batch_size=256, lr=2e-3, patience=10, forecast_weight=0.1, fail_weight=0.1, rul_weight=1.0,
-        huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0, **CMAPSS_MODELS[encoder])
+        huber_delta=0.1, val_fraction=0.2, false_alarms_per_30_days=1.0, scaling="z", clip=0.0,
+        split="asset", baseline="fleet", **CMAPSS_MODELS[encoder])
     base.update(overrides)
     return FitOptions(**base)
 
@@ -198,7 +204,7 @@ def load_data(opts: FitOptions) -> tuple[History, list[Event]]:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Labelled windows split by asset, ready to train on."""
+    """Labelled windows split by asset or by time, against their baselines, ready to train on."""
 
     history: History
     events: list[Event]
@@ -207,30 +213,45 @@ class Prepared:
     train: WindowSet
     val: WindowSet
     test: WindowSet
+    baselines: base.Baselines | None = None
 
 
 def prepare(opts: FitOptions) -> Prepared:
-    """Load, window, label and split by asset (train / validation / optional test)."""
+    """Load, window, label, split (train / validation / optional test) and, where each asset gets
+    its own baseline, measure every window against it."""
     history, events = load_data(opts)
     ws = build_windows(history, events, window=opts.window, horizon=opts.horizon,
                        fail_horizon=opts.fail_horizon, max_gap=opts.max_gap, pad_start=opts.pad_start)
     if len(ws) == 0:
-        raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history")
+        raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history"
+                         f"{_too_short(opts, history)}")
     failing = {e.asset for e in events if e.event == "failure"}
-    split = split_for(opts, tuple(ws.assets), failing)
+    split = split_for(opts, ws, failing, history.period_s)
+    baselines = None
+    regime = _regime_index(opts, history.channels)
+    if base.choose(opts.baseline, ws, split.mask(ws, "train"), regime):
+        baselines = base.fit(ws, split.mask(ws, "train"), regime, history.period_s)
+        ws = base.apply(ws, baselines)
     return Prepared(history, events, ws, split, ws.subset(split.mask(ws, "train")),
-                    ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")))
+                    ws.subset(split.mask(ws, "val")), ws.subset(split.mask(ws, "test")), baselines)
 
 
-def split_for(opts: FitOptions, assets: tuple[str, ...], failing: set[str]) -> Split:
-    """The assets by split: the named validation assets and the rest, or a seeded split by asset."""
-    if opts.val_assets is None:
+def _too_short(opts: FitOptions, history: History) -> str:
+    longest = max((len(s.grid) for s in history.assets), default=0)
+    return (f" (the longest asset has {longest} cells of {history.period_s:g} s; a model needs whole "
+            f"windows of {opts.window} cells, enough for training and validation: see --window)")
+
+
+def split_for(opts: FitOptions, ws: WindowSet, failing: set[str], period_s: float = 1.0) -> Split:
+    """The split: the named validation assets and the rest, a seeded split by asset, or each
+    asset's last part by time (`--split`, auto by default)."""
+    assets = tuple(ws.assets[a] for a in np.unique(ws.asset)) if len(ws) else ws.assets
+    named = _named_split(opts, assets)
+    if named is not None:
+        return named
+    if splits.choose(opts.split, assets, failing) == "asset":
         return split_by_asset(assets, failing, opts.val_fraction, opts.seed, opts.test_fraction)
-    val = frozenset(opts.val_assets)
-    if not val or not val < set(assets) or opts.test_fraction:
-        raise ValueError(f"val_assets must name some, not all, of the history's assets, without a test "
-                         f"fraction (unknown: {sorted(val - set(assets))})")
-    return Split(frozenset(assets) - val, val)
+    return splits.split_by_time(ws, opts.val_fraction, opts.test_fraction, period_s)
 
 
 @dataclass(frozen=True)
@@ -250,7 +271,8 @@ class TrainingData:
     val: WindowSet
     test: WindowSet
     loader: dict[str, Any]    # streaming figures for the summary (empty in memory)
-    seen: WindowSource | None = None  # training and validation assets' windows together (for a refit)
+    seen: WindowSource | None = None  # training and validation windows together (for a refit)
+    baselines: base.Baselines | None = None  # per-asset baselines, when each asset has its own
 
 
 def _regime_index(opts: FitOptions, channels: tuple[str, ...]) -> tuple[int, ...]:
@@ -260,17 +282,49 @@ def _regime_index(opts: FitOptions, channels: tuple[str, ...]) -> tuple[int, ...
     return tuple(channels.index(c) for c in opts.regime_channels)
 
 
+def _as_baselined(norm: Normalisation, channels: tuple[int, ...]) -> Normalisation:
+    """The normalisation leaving baselined channels as their baselines made them (each asset's
+    median at 0, its spread at 1): a second, pooled scaling on top would undo what makes assets
+    comparable, and divide a channel pooled flat by a spread of nearly 0."""
+    def ident(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        m, s = list(mean), list(std)
+        for c in channels:
+            m[c], s[c] = 0.0, 1.0
+        return tuple(m), tuple(s)
+
+    mean, std = ident(norm.mean, norm.std)
+    regimes = [ident(m, s) for m, s in zip(norm.regime_mean, norm.regime_std, strict=True)]
+    return replace(norm, mean=mean, std=std, regime_mean=tuple(m for m, _ in regimes),
+                   regime_std=tuple(s for _, s in regimes))
+
+
+def _named_split(opts: FitOptions, assets: tuple[str, ...]) -> Split | None:
+    """The split by the validation assets named outright (cross-validation folds), if any."""
+    if opts.val_assets is None:
+        return None
+    val = frozenset(opts.val_assets)
+    if not val or not val < set(assets) or opts.test_fraction:
+        raise ValueError(f"val_assets must name some, not all, of the history's assets, without a "
+                         f"test fraction (unknown: {sorted(val - set(assets))})")
+    return Split(frozenset(assets) - val, val)
+
+
 def in_memory(opts: FitOptions) -> TrainingData:
     """The whole history in memory, windowed, split, and the normalisation fitted on the training split."""
     p = prepare(opts)
     norm = fit_normalisation(p.train, _regime_index(opts, p.history.channels), opts.n_regimes, opts.scaling,
-                             opts.seed)
+                             opts.seed, opts.clip)
+    if p.baselines is not None:
+        norm = _as_baselined(norm, p.baselines.policy.channels)
     train = p.train.inputs(norm)
     rul = opts.rul_cap > 0 and bool(np.isfinite(p.train.rul_target(opts.rul_cap)).any())
-    seen = MemorySource.of(p.ws.inputs(norm), sorted(p.split.train | p.split.val)) if opts.refit else None
+    seen = None
+    if opts.refit:
+        both = p.split.mask(p.ws, "train") | p.split.mask(p.ws, "val")
+        seen = MemorySource.of(p.ws.subset(both).inputs(norm), sorted(p.split.train | p.split.val))
     return TrainingData(p.history, p.events, p.split, norm, MemorySource.of(train, sorted(p.split.train)),
                         train, len(p.train), int(p.train.fail.sum()), rul, input_quantiles(p.train),
-                        p.val, p.test, {}, seen)
+                        p.val, p.test, {}, seen, p.baselines)
 
 
 def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> TrainingData:
@@ -292,11 +346,15 @@ def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> Trai
         cache = GridCache.open(work)
     events = load_events(opts.events) if opts.events else []
     failing = {e.asset for e in events if e.event == "failure"}
-    split = split_for(opts, cache.names, failing)
+    if opts.split == "time" or opts.baseline == "asset":
+        raise ValueError("--stream splits by asset and keeps one baseline for all assets: leave out "
+                         "--split time and --baseline asset, or train in memory")
+    split = _named_split(opts, cache.names) or split_by_asset(
+        cache.names, failing, opts.val_fraction, opts.seed, opts.test_fraction)
     windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon, opts.max_gap, opts.pad_start)
     stats = dist.broadcast(ctx, fit_statistics(
         cache, sorted(split.train), events, windowing, regime_channels=_regime_index(opts, cache.channels),
-        n_regimes=opts.n_regimes, scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap)
+        n_regimes=opts.n_regimes, scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap, clip=opts.clip)
         if ctx.is_writer else None)
     by_asset = events_by_asset(events)
     train, val, test = (StreamSource(cache, tuple(sorted(part)), by_asset, windowing, stats.norm)
@@ -366,7 +424,8 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
                        layers=opts.layers, dropout=opts.dropout, fail_head=has_fail,
                        forecast_head=has_forecast, rul_head=has_rul, rul_cap=opts.rul_cap or 1.0,
                        head_hidden=opts.head_hidden, cell=opts.cell, smooth=opts.smooth,
-                       pool=opts.pool, encoder=opts.encoder, window=opts.window)
+                       pool=opts.pool, encoder=opts.encoder, window=opts.window, min_logvar=LOGVAR_FLOOR,
+                       delta=True)
     tcfg = TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
         windows_per_epoch=opts.windows_per_epoch, patience=opts.patience,
@@ -404,7 +463,8 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
     cal.return_freed_arrays()  # from here on, large arrays over the validation windows
     val_anomaly = vae_scores(vae, val_data) if vae is not None else None
     # Calibrated on validation assets by the model that never saw them; a refit inherits it.
-    spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly)
+    spec, pred = calibrate(model, opts, history, norm, val_data, p.events, val_anomaly, p.baselines,
+                           p.train)
     temperature = float(cast(Tensor, model.temperature))  # a buffer: the type checker sees Tensor | Module
     cast(Tensor, shipped.temperature).fill_(temperature)
     heads = spec.heads
@@ -422,6 +482,7 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         "model": str(opts.out), "version": spec.version, "heads": list(heads),
         "train_assets": sorted(p.split.train), "val_assets": sorted(p.split.val),
         "test_assets": sorted(p.split.test), "train_windows": p.train_windows, "val_windows": len(p.val),
+        "split": p.split.kind, "baselines": _baseline_summary(p.baselines),
         "period_s": history.period_s, "regimes": max(norm.n_regimes, 1), "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "best_val_score": round(result.best_score, 5),
         "members": [{"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
@@ -437,7 +498,10 @@ def _fit(opts: FitOptions, load: Callable[[FitOptions], TrainingData], ctx: dist
         **({"augment": augment} if augment else {}),
         **({"stream": p.loader} if p.loader else {}),
         "model_config": asdict(mcfg), "curve": result.curve,
+        "warnings": _warnings(results),
     }
+    for w in summary["warnings"]:
+        print(f"vigil-train: warning: {w}", file=sys.stderr, flush=True)
     if len(p.test):
         summary["test"] = _test_metrics(opts.out, p, spec)
     summary["seconds"] = round(time.monotonic() - t0, 1)
@@ -587,11 +651,14 @@ def _combined(members: list[Forecaster]) -> Forecaster | Ensemble:
 
 
 def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, norm: Any, val_data: Inputs,
-              events: list[Event], anomaly: npt.NDArray[np.float32] | None = None
+              events: list[Event], anomaly: npt.NDArray[np.float32] | None = None,
+              baselines: base.Baselines | None = None, train_data: Inputs | None = None
               ) -> tuple[ModelSpec, cal.Predictions]:
-    """Calibrate on validation assets only, replaying what the agent will do; the spec before export.
+    """Calibrate on validation windows only, replaying what the agent will do; the spec before export.
 
     `anomaly`: the VAE's scores of the validation windows, when the model file will carry one.
+    `baselines`: each asset's own baseline, when the model measures assets against their own.
+    `train_data`: the training windows, whose healthy rows define the state signal's healthy state.
     """
     val_ws = val_data.ws
     pred = cal.predict(model, val_data)
@@ -604,20 +671,34 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
         pred = replace(pred, anomaly=anomaly)
         anomaly_stats = cal.fit_anomaly(anomaly, healthy_mask(val_ws, _healthy_margin(opts)))
         pa = cal.anomaly_probabilities(anomaly, anomaly_stats)
+    own: dict[str, SurpriseStats] = {}
+    # Healthy: no failure within the horizon, nor the wear that may show up to a few before one.
+    healthy = healthy_mask(val_ws, _healthy_margin(opts))
     if model.has_forecast:
-        scores = cal.surprise_scores(val_ws, pred, opts.surprise_alpha)
-        surprise = cal.fit_surprise(scores, val_ws.fail == 0, opts.surprise_alpha)
-        ps = cal.surprise_probabilities(scores, surprise)
-        combiner = cal.fit_combiner(pf, ps, val_ws.fail, pa) if pf is not None else Combiner(
-            0.0, 1.0, 0.0, 1.0 if pa is not None else 0.0)
+        surprise, own, ps = _surprise(opts, val_ws, pred, healthy)
     else:
         surprise, ps = NO_SURPRISE, np.full(len(val_ws), np.nan)
-        # Risk is the calibrated failure probability, joined with the anomaly signal when there is one.
-        combiner = cal.fit_combiner(pf, ps, val_ws.fail, pa) if pa is not None else Combiner(1.0, 0.0, 0.0)
-    risk = cal.risks(pf, ps, combiner, pa)
+    # The state signal is for models without failure labels: with them, the failure head learns
+    # from the same windows which states lead to a failure within the horizon, and which do not.
+    level = None if train_data is None or not opts.level or pf is not None else lvl.fit_level(
+        train_data, val_data, healthy, _healthy_margin(opts), opts.surprise_alpha, opts.surprise_z_max,
+        opts.seed)
+    pl = None if level is None else level[2]
     fc = failure_cells(val_ws, events, history.period_s)
     budget = opts.false_alarms_per_30_days / 30.0
-    thresholds = cal.calibrate_thresholds(val_ws, risk, history.period_s, opts.fail_horizon, fc, budget)
+    # With failure labels, risk is the calibrated failure probability itself, or the logistic
+    # combination of every signal: whichever alerts better on the validation replay.
+    options = [Combiner(1.0, 0.0, 0.0)] if pf is not None else []
+    if pf is None or model.has_forecast or pa is not None:
+        options.append(cal.fit_combiner(pf, ps, val_ws.fail, pa, pl))
+    judged = []
+    for c in options:
+        risk = cal.risks(pf, ps, c, pa, pl)
+        t = cal.calibrate_thresholds(val_ws, risk, history.period_s, opts.fail_horizon, fc, budget,
+                                     healthy_mask=healthy)
+        judged.append((cal.alerting(cal.replay_levels(val_ws, risk, t, history.period_s, opts.fail_horizon,
+                                                      fc)), c, t))
+    _, combiner, thresholds = max(judged, key=lambda j: j[0])  # the first of equals: the simpler
     heads = (("forecast_mean", "forecast_logvar") if model.has_forecast else ()) + (
         ("fail_prob",) if model.has_fail else ()) + (("rul",) if model.has_rul else ()) + (
         ("anomaly_nll",) if anomaly is not None else ())
@@ -626,8 +707,37 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
         fail_horizon=opts.fail_horizon, normalisation=norm, heads=heads, thresholds=thresholds,
         surprise=surprise, combiner=combiner, fingerprint=history.fingerprint,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        rul_cap=float(model.rul_cap) if model.has_rul else 0.0, anomaly=anomaly_stats)
+        rul_cap=float(model.rul_cap) if model.has_rul else 0.0, anomaly=anomaly_stats,
+        level=None if level is None else level[0],
+        baseline=None if baselines is None else baselines.policy,
+        profiles=_profiles(baselines, own, {} if level is None else level[1]))
     return spec, pred
+
+
+def _surprise(opts: FitOptions, ws: WindowSet, pred: cal.Predictions, healthy: npt.NDArray[np.bool_]
+              ) -> tuple[SurpriseStats, dict[str, SurpriseStats], npt.NDArray[np.float64]]:
+    """The fleet's surprise statistics, each asset's own where it has enough healthy validation
+    windows, and every validation window's surprise probability under them."""
+    fleet_scale, own_scale = sur.residual_scales(ws, pred, healthy)
+    fleet0 = SurpriseStats(opts.surprise_alpha, (0.0, 1.0), () if fleet_scale is None else
+                           tuple(map(float, fleet_scale)), None, opts.surprise_z_max)
+    own0 = {a: replace(fleet0, residual_scale=tuple(map(float, sc))) for a, sc in own_scale.items()}
+    scores = sur.surprise_scores(ws, pred, fleet0, own0)
+    fleet = sur.fit_surprise(scores, healthy, opts.surprise_alpha, fleet_scale, opts.surprise_z_max)
+    own = {a: sur.fit_surprise(scores, healthy & (ws.asset == ws.assets.index(a)), opts.surprise_alpha,
+                               np.asarray(st.residual_scale), opts.surprise_z_max)
+           for a, st in own0.items()}
+    return fleet, own, sur.surprise_probabilities(scores, fleet, ws, own)
+
+
+def _profiles(baselines: base.Baselines | None, own: dict[str, SurpriseStats],
+              own_level: dict[str, Distribution]) -> dict[str, AssetProfile]:
+    """Per asset, what the model file keeps of it: its baseline, its own surprise statistics and
+    its own distribution of the state signal."""
+    known = {} if baselines is None else {**{a: b for a, (b, _) in baselines.learned.items()},
+                                          **baselines.known}
+    return {a: AssetProfile(known.get(a), own.get(a), own_level.get(a))
+            for a in sorted(set(known) | set(own) | set(own_level))}
 
 
 def _gan_augment(opts: FitOptions, train_data: Inputs, ctx: dist.Dist) -> tuple[Inputs, dict[str, Any]]:
@@ -653,6 +763,24 @@ def _gan_augment(opts: FitOptions, train_data: Inputs, ctx: dist.Dist) -> tuple[
         "collapsed": div.collapsed, "final_critic_loss": round(gan.critic_loss[-1], 4)}
     dist.broadcast(ctx, (synthetic, info))
     return with_synthetic(train_data, synthetic), info
+
+
+def _warnings(results: list[TrainResult]) -> list[str]:
+    """What a user should look at before trusting the model."""
+    out = []
+    for k, r in enumerate(results):
+        who = f"member {k}: " if len(results) > 1 else ""
+        if r.best_epoch == 1 and r.epochs_run > 1:
+            out.append(f"{who}the best validation score came at the first of {r.epochs_run} epochs: later "
+                       "epochs did worse on validation (validation data unlike the training data, or a "
+                       "learning rate too high for this data); the model shipped is that first epoch's")
+    return out
+
+
+def _baseline_summary(b: base.Baselines | None) -> dict[str, Any]:
+    if b is None:
+        return {"per_asset": False}
+    return {"per_asset": True, "learn_cells": b.policy.cells, "known": len(b.known), "learnt": len(b.learned)}
 
 
 def _healthy_margin(opts: FitOptions) -> float:

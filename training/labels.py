@@ -1,4 +1,4 @@
-"""Windows and labels from a gridded history: forecast targets, failure within the horizon, RUL, splits."""
+"""Windows and labels from a gridded history: forecast targets, failure within the horizon, RUL."""
 
 from __future__ import annotations
 
@@ -177,65 +177,23 @@ def build_windows(history: History, events: list[Event], *, window: int, horizon
         assets=names, window=window, horizon=horizon)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Assets by split; no asset is in two."""
-
-    train: frozenset[str]
-    val: frozenset[str]
-    test: frozenset[str] = frozenset()
-
-    def mask(self, ws: WindowSet, part: str) -> npt.NDArray[np.bool_]:
-        names = np.array(ws.assets)[ws.asset] if len(ws) else np.array([], dtype=str)
-        return np.isin(names, sorted(getattr(self, part)))
+def healthy_mask(ws: WindowSet, margin: float) -> npt.NDArray[np.bool_]:
+    """Windows far from any failure: no failure within the horizon and none within `margin` cells."""
+    far = ~np.isfinite(ws.rul) | (ws.rul > margin)
+    return np.asarray((ws.fail == 0) & far)
 
 
-def split_by_asset(assets: tuple[str, ...], failing: set[str], val_fraction: float, seed: int,
-                   test_fraction: float = 0.0) -> Split:
-    """Split by asset into train, validation and (optionally) test, spreading failing assets over all.
-
-    Failing and healthy assets are shuffled apart and cut in the same proportions, so
-    every split sees failures whenever there are enough failing assets to go round.
-    """
-    rng = np.random.default_rng(seed)
-    train: set[str] = set()
-    val: set[str] = set()
-    test: set[str] = set()
-    for group in (sorted(a for a in assets if a in failing), sorted(a for a in assets if a not in failing)):
-        order = [group[i] for i in rng.permutation(len(group))]
-        k_test = round(len(order) * test_fraction)
-        k_val = round(len(order) * val_fraction)
-        wanted = 1 + (val_fraction > 0) + (test_fraction > 0)
-        if len(order) >= wanted:  # each split gets one of the group when it can
-            k_val = max(k_val, 1) if val_fraction > 0 else 0
-            k_test = max(k_test, 1) if test_fraction > 0 else 0
-            while k_val + k_test > len(order) - 1:
-                if k_test >= k_val and k_test > 1:
-                    k_test -= 1
-                else:
-                    k_val -= 1
-        test.update(order[:k_test])
-        val.update(order[k_test:k_test + k_val])
-        train.update(order[k_test + k_val:])
-    if not train or not val or (test_fraction > 0 and not test):
-        raise ValueError(f"too few assets ({len(assets)}) to split into train, validation"
-                         + (" and test" if test_fraction > 0 else ""))
-    return Split(frozenset(train), frozenset(val), frozenset(test))
-
-
-def split_assets(assets: tuple[str, ...], failing: set[str], val_fraction: float,
-                 seed: int) -> tuple[set[str], set[str]]:
-    """Split by asset into train and validation, spreading failing assets over both."""
-    s = split_by_asset(assets, failing, val_fraction, seed)
-    return set(s.train), set(s.val)
+def covered(ws: WindowSet) -> npt.NDArray[np.bool_]:
+    """Which rows of `ws.cells` a window set's windows cover."""
+    edges = np.zeros(len(ws.cells) + 1, dtype=np.int64)
+    np.add.at(edges, np.maximum(ws.ends - ws.window + 1, ws.first_row), 1)
+    np.add.at(edges, ws.ends + 1, -1)
+    return np.asarray(np.cumsum(edges[:-1]) > 0)
 
 
 def training_rows(ws: WindowSet) -> FloatArray:
     """The raw rows that a window set's windows cover (what the normalisation is fitted on)."""
-    edges = np.zeros(len(ws.cells) + 1, dtype=np.int64)
-    np.add.at(edges, np.maximum(ws.ends - ws.window + 1, ws.first_row), 1)
-    np.add.at(edges, ws.ends + 1, -1)
-    return ws.cells[np.cumsum(edges[:-1]) > 0]
+    return ws.cells[covered(ws)]
 
 
 def input_quantiles(ws: WindowSet, n: int = 11) -> tuple[tuple[float, ...], ...]:
@@ -260,6 +218,6 @@ def quantiles_of(blocks: RowBlocks, n: int = 11) -> tuple[tuple[float, ...], ...
 
 
 def fit_normalisation(ws: WindowSet, regime_channels: tuple[int, ...] = (), n_regimes: int | None = None,
-                      scaling: Scaling = "z", seed: int = 0) -> Normalisation:
+                      scaling: Scaling = "z", seed: int = 0, clip: float = 0.0) -> Normalisation:
     """The normalisation fitted on the rows training windows cover (per regime if there are several)."""
-    return fit_rows(training_rows(ws), regime_channels, n_regimes, scaling, seed)
+    return fit_rows(training_rows(ws), regime_channels, n_regimes, scaling, seed, clip)

@@ -46,6 +46,14 @@ class ModelConfig:
     # window (training/trend.py), which needs the window length and puts `dropout` on its inputs.
     encoder: str = "recurrent"
     window: int = 0
+    # The forecast's log-variance is kept within [min_logvar, 6]: a floor of -4.6 (a standard
+    # deviation of 0.1 training spreads) keeps a channel that sat still in training from making
+    # the likelihood, and the training with it, explode the first time it moves.
+    min_logvar: float = -8.0
+    # Forecast the change from the newest cell rather than the level itself: a channel whose
+    # level moves beyond what training saw (a warmer day, a drifting sensor) is still forecast
+    # as well as its changes are, instead of being pulled back to the levels of training.
+    delta: bool = False
 
 
 class Forecaster(nn.Module):
@@ -68,6 +76,8 @@ class Forecaster(nn.Module):
         self.has_forecast = cfg.forecast_head
         self.has_rul = cfg.rul_head
         self.rul_cap = float(cfg.rul_cap)
+        self.min_logvar = float(cfg.min_logvar)
+        self.delta = cfg.delta
         if not 0.0 <= cfg.smooth < 1.0:
             raise ValueError(f"smooth must be in [0, 1), got {cfg.smooth}")
         self.smooth = float(cfg.smooth)
@@ -136,7 +146,9 @@ class Forecaster(nn.Module):
         if self.has_forecast:
             f = self.forecast(h).view(b, 2, self.horizon, self.n_channels)
             # Bounded log-variance keeps the Gaussian NLL from running away on tiny residuals.
-            mean, logvar = f[:, 0], torch.clamp(f[:, 1], -8.0, 6.0)
+            mean, logvar = f[:, 0], torch.clamp(f[:, 1], self.min_logvar, 6.0)
+            if self.delta:
+                mean = mean + x[:, -1:, :]
         else:
             mean = logvar = h.new_zeros((b, 0, self.n_channels))
         logit = self.fail(h).squeeze(-1) if self.has_fail else h.new_zeros((b,))
@@ -173,6 +185,7 @@ class Ensemble(nn.Module):
         self.n_channels, self.horizon = first.n_channels, first.horizon
         self.has_fail, self.has_forecast, self.has_rul = first.has_fail, first.has_forecast, first.has_rul
         self.rul_cap = first.rul_cap
+        self.min_logvar = first.min_logvar
         self.register_buffer("temperature", torch.ones(1))
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -187,7 +200,7 @@ class Ensemble(nn.Module):
             ruls.append(torch.clamp(rul, 0.0, 1.0))
         mean = torch.stack(means).mean(0)
         var = torch.stack(second).mean(0) - mean * mean
-        logvar = torch.clamp(torch.log(torch.clamp(var, min=1e-8)), -8.0, 6.0)
+        logvar = torch.clamp(torch.log(torch.clamp(var, min=1e-8)), self.min_logvar, 6.0)
         return mean, logvar, torch.stack(logits).mean(0), torch.stack(ruls).mean(0)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -111,25 +111,36 @@ def _timeline_assets(ev: Evaluation) -> list[int]:
     return (picked + [a for a in failing[N_TIMELINES - 1:]])[:N_TIMELINES]
 
 
+def rarity(risk: Any) -> Any:
+    """-log10(1 - risk): for a risk that is a healthy tail probability, 4 means "one healthy
+    window in 10,000 scores this high"; capped at 12."""
+    return np.minimum(-np.log10(np.clip(1.0 - np.asarray(risk, dtype=np.float64), 1e-12, 1.0)), 12.0)
+
+
 def _timelines(fig: Any, ev: Evaluation) -> str:
     ws, sc, t = ev.ws, ev.scored, ev.spec.thresholds
     assets = _timeline_assets(ev)
     fc = failure_cells(ws, ev.events, ev.spec.period_s)
+    # Thresholds far in the tail (a model without failure labels) read better as rarity.
+    tail = t.warning > 0.99
+    show = rarity if tail else (lambda r: r)
     for k, a in enumerate(assets):
         ax = fig.add_subplot(len(assets), 1, k + 1)
         idx = np.flatnonzero(ws.asset == a)
         idx = idx[np.argsort(ws.end_cell[idx])]
-        ax.plot(ws.end_cell[idx], sc.risk[idx], lw=0.8, color="tab:blue")
-        ax.axhline(t.warning, color="tab:orange", lw=0.7, ls="--")
-        ax.axhline(t.critical, color="tab:red", lw=0.7, ls="--")
+        ax.plot(ws.end_cell[idx], show(sc.risk[idx]), lw=0.8, color="tab:blue")
+        ax.axhline(show(t.warning), color="tab:orange", lw=0.7, ls="--")
+        ax.axhline(show(t.critical), color="tab:red", lw=0.7, ls="--")
         for f in fc.get(a, []):
             ax.axvline(f, color="black", lw=1.2)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0, 12.2 if tail else 1.02)
         ax.set_ylabel(ws.assets[a], fontsize=7)
         ax.tick_params(labelsize=7)
     fig.axes[-1].set_xlabel("grid cell (event time)")
-    return ("Risk over time for a few assets; dashed lines are the warning and critical thresholds, "
-            "solid black lines failures.")
+    scale = (" on a rarity scale, -log10(1 - risk): 4 means one healthy window in 10,000 scores as high"
+             if tail else "")
+    return (f"Risk over time for a few assets{scale}; dashed lines are the warning and critical "
+            "thresholds, solid black lines failures.")
 
 
 def _calibration(fig: Any, ev: Evaluation) -> str:

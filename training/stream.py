@@ -296,7 +296,8 @@ class TrainStats:
 
 def fit_statistics(cache: GridCache, assets: Sequence[str], events: list[Event], windowing: Windowing, *,
                    regime_channels: tuple[int, ...] = (), n_regimes: int | None = None,
-                   scaling: Scaling = "z", seed: int = 0, rul_cap: float = 0.0) -> TrainStats:
+                   scaling: Scaling = "z", seed: int = 0, rul_cap: float = 0.0, clip: float = 0.0
+                   ) -> TrainStats:
     """The normalisation (and drift quantiles) fitted on the rows `assets`' windows cover, as
     `fit_normalisation` fits them on the same assets in memory, one asset in memory at a time."""
     by_asset = events_by_asset(events)
@@ -321,7 +322,7 @@ def fit_statistics(cache: GridCache, assets: Sequence[str], events: list[Event],
             yield np.fromfile(rows_path, dtype=np.float64, count=count * c,
                               offset=start * c * 8).reshape(count, c)
 
-    norm = fit_blocks(blocks, regime_channels, n_regimes, scaling, seed)
+    norm = fit_blocks(blocks, regime_channels, n_regimes, scaling, seed, clip)
     return TrainStats(norm, quantiles_of(blocks), windows, positives, rul)
 
 

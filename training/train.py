@@ -46,6 +46,8 @@ class TrainConfig:
     rul_weight: float = 1.0
     # Huber's switch from squared to absolute error, in units of the RUL cap (0.1 x 125 = 12.5 cycles).
     huber_delta: float = 0.1
+    # The forecast likelihood's switch from squared to linear z-score (0: plain Gaussian).
+    nll_delta: float = 3.0
     # Gaussian noise added to normalised training inputs (a cheap regulariser; 0 = none).
     input_noise: float = 0.0
     # Exponential moving average of the weights, evaluated and kept instead of the raw ones (0 = off).
@@ -77,9 +79,17 @@ class TrainResult:
     curve: list[dict[str, float]] = field(default_factory=list)
 
 
-def gaussian_nll(mean: Tensor, logvar: Tensor, y: Tensor) -> Tensor:
-    """Per-window Gaussian negative log-likelihood (constant dropped), averaged over H and C."""
-    return (0.5 * (logvar + (y - mean) ** 2 * torch.exp(-logvar))).mean(dim=(1, 2))
+def gaussian_nll(mean: Tensor, logvar: Tensor, y: Tensor, delta: float = 0.0) -> Tensor:
+    """Per-window Gaussian negative log-likelihood (constant dropped), averaged over H and C.
+
+    With `delta` > 0 the squared z-score turns linear beyond |z| = delta (Huber): an outlier in
+    the training data pulls the forecast and its variance with a bounded force, not a quadratic one.
+    """
+    z2 = (y - mean) ** 2 * torch.exp(-logvar)
+    if delta > 0:
+        z = torch.sqrt(z2 + 1e-12)
+        z2 = torch.where(z <= delta, z2, 2.0 * delta * z - delta * delta)
+    return (0.5 * (logvar + z2)).mean(dim=(1, 2))
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +129,7 @@ def loss_sums(heads: Heads, model: Forecaster, rows: Rows, cfg: TrainConfig, pos
     if model.has_forecast:
         y = torch.from_numpy(rows.y).to(device)
         mask = torch.from_numpy(rows.has_target.astype(np.float32)).to(device)
-        nll = (gaussian_nll(mean, logvar, y) * mask).sum()
+        nll = (gaussian_nll(mean, logvar, y, cfg.nll_delta) * mask).sum()
     if model.has_fail:
         target = torch.from_numpy(rows.fail).to(device)
         bce = nn.functional.binary_cross_entropy_with_logits(

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.labels import Inputs, WindowSet
+from training.labels import Inputs
 from training.model import Model
 
 
@@ -121,12 +121,6 @@ class WithAnomaly(nn.Module):
         out: dict[str, Tensor] = self.base(x)
         out["anomaly_nll"] = self.vae(x)
         return out
-
-
-def healthy_mask(ws: WindowSet, margin: float) -> npt.NDArray[np.bool_]:
-    """Windows far from any failure: no failure within the horizon and none within `margin` cells."""
-    far = ~np.isfinite(ws.rul) | (ws.rul > margin)
-    return np.asarray((ws.fail == 0) & far)
 
 
 def scores(vae: LstmVae, data: Inputs, batch: int = 2048) -> npt.NDArray[np.float32]:

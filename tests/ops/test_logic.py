@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -104,7 +105,7 @@ class TestPsi:
         for shift in (0.0, 0.5, 1.0, 2.0):
             d = DriftTracker(("x",), (0.0,), (1.0,), bins=10, window_s=3600.0, min_samples=100)
             v = rng.normal(shift, 1.0, 5000)
-            d.add(np.arange(5000.0) * 0.5, v[:, None])
+            d.add(["a"] * 5000, np.arange(5000.0) * 0.5, v[:, None])
             shifts.append(d.values()["x"])
         assert shifts[0] < 0.02 and shifts == sorted(shifts) and shifts[-1] > 1.0
 
@@ -112,14 +113,54 @@ class TestPsi:
         """Inputs older than the window (event time) leave the histogram."""
         d = DriftTracker(("x",), (0.0,), (1.0,), bins=10, window_s=1200.0, min_samples=10)
         rng = np.random.default_rng(1)
-        d.add(np.arange(500.0) * 2, rng.normal(5.0, 1.0, (500, 1)))   # drifted, early
+        d.add(["a"] * 500, np.arange(500.0) * 2, rng.normal(5.0, 1.0, (500, 1)))   # drifted, early
         assert d.values()["x"] > 1.0
-        d.add(5000.0 + np.arange(2000.0) * 0.5, rng.normal(0.0, 1.0, (2000, 1)))  # healthy, later
+        d.add(["a"] * 2000, 5000.0 + np.arange(2000.0) * 0.5, rng.normal(0.0, 1.0, (2000, 1)))  # healthy
         assert d.values()["x"] < 0.05
         assert DriftTracker(("x",), (0.0,), (1.0,), min_samples=10).values() == {}
         short = DriftTracker(("x",), (0.0,), (1.0,), window_s=1200.0, min_samples=10)
-        short.add(np.arange(500.0), rng.normal(5.0, 1.0, (500, 1)))   # spans less than half the window
+        # Spans less than half the window:
+        short.add(["a"] * 500, np.arange(500.0), rng.normal(5.0, 1.0, (500, 1)))
         assert short.values() == {}
+
+
+class TestPerAssetDrift:
+    def test_each_asset_is_judged_on_its_own(self) -> None:
+        """Of three assets, the one whose inputs moved drifts; the two like training do not, and
+        an asset with too few inputs yet is not judged at all."""
+        d = DriftTracker(("x", "y"), (0.0, 0.0), (1.0, 1.0), window_s=3600.0, min_samples=100)
+        rng = np.random.default_rng(5)
+        t = np.arange(2000.0)
+        for asset, shift in (("a", 0.0), ("b", 0.0), ("moved", 2.5)):
+            d.add([asset] * 2000, t, rng.normal(0.0, 1.0, (2000, 2)) + np.array([shift, 0.0]))
+        d.add(["new"] * 20, 2000.0 + np.arange(20.0), rng.normal(9.0, 1.0, (20, 2)))
+        names, v = d.per_asset()
+        assert sorted(names) == ["a", "b", "moved"]
+        assert d.drifting(0.25) == [("moved", round(float(v[names.index("moved")].max()), 4))]
+        assert d.values()["x"] > 1.0 and d.values()["y"] < 0.1
+
+    def test_survives_a_restart(self, tmp_path: Path) -> None:
+        """The histograms written to the state file and read back judge as before."""
+        from agent.state import Checkpoint
+
+        d = DriftTracker(("x",), (0.0,), (1.0,), window_s=3600.0, min_samples=50)
+        rng = np.random.default_rng(6)
+        d.add(["p1"] * 500 + ["p2"] * 500, np.tile(np.arange(500.0) * 4, 2),
+              np.concatenate([rng.normal(0, 1, (500, 1)), rng.normal(3, 1, (500, 1))]))
+        buf = io.BytesIO()
+        np.savez(buf, **d.state())  # type: ignore[arg-type]
+        ck = Checkpoint(tmp_path / "state.sqlite")
+        ck.save_blob("drift:v1", buf.getvalue())
+        ck.save_blob("drift:v2", buf.getvalue())  # another model's replaces it
+        assert ck.load_blob("drift:v1") is None
+        blob = ck.load_blob("drift:v2")
+        ck.close()
+        assert blob is not None
+        again = DriftTracker(("x",), (0.0,), (1.0,), window_s=3600.0, min_samples=50)
+        with np.load(io.BytesIO(blob)) as z:
+            assert again.restore({k: z[k] for k in z.files}) == 2
+        assert again.per_asset()[0] == d.per_asset()[0]
+        np.testing.assert_allclose(again.per_asset()[1], d.per_asset()[1])
 
 
 class TestParsing:
@@ -187,9 +228,9 @@ class TestQuantileReference:
                            min_samples=10, quantiles=(q,))
         normal = DriftTracker(("x",), (float(train.mean()),), (float(train.std()),), window_s=4000.0,
                               min_samples=10)
-        ref.add(t, live)
-        normal.add(t, live)
+        ref.add(["a"] * 3000, t, live)
+        normal.add(["a"] * 3000, t, live)
         assert ref.values()["x"] < 0.02 < 0.25 < normal.values()["x"]
         shifted = DriftTracker(("x",), (0.0,), (1.0,), window_s=4000.0, min_samples=10, quantiles=(q,))
-        shifted.add(t, live * 3.0)
+        shifted.add(["a"] * 3000, t, live * 3.0)
         assert shifted.values()["x"] > 0.25

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from training.data import AssetSeries, Event, History
-from training.labels import build_windows, fit_normalisation, split_assets, split_by_asset
+from training.labels import build_windows, fit_normalisation
+from training.split import split_assets, split_by_asset
 
 
 def history(n: int, gaps: tuple[int, ...] = ()) -> History:

@@ -21,8 +21,9 @@ from sim.plant import CHANNELS
 from training import cli, readers
 from training.data import Coded, infer_period, load_events, load_history
 from training.fit import FitOptions, streamed
-from training.labels import build_windows, fit_normalisation, input_quantiles, split_by_asset
+from training.labels import build_windows, fit_normalisation, input_quantiles
 from training.source import MemorySource
+from training.split import split_by_asset
 from training.stream import (
     GridCache,
     StreamSource,

@@ -165,8 +165,9 @@ def test_fit_with_vae(small_history: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 def test_fit_with_vae_on_a_history_without_failures(small_history: tuple[Path, Path], tmp_path: Path) -> None:
-    """No failure labels: the VAE still serves, its signal joins surprise with unit weight."""
+    """No failure labels: the VAE still serves; risk is the highest of its, surprise's and the state
+    signal's probabilities."""
     opts = replace(tiny_options(small_history, tmp_path / "h.pt"), events=None, vae=True, vae_epochs=1)
     spec, _ = fit(opts)
     assert "fail_prob" not in spec.heads and {"forecast_mean", "anomaly_nll"} <= set(spec.heads)
-    assert spec.combiner == Combiner(0.0, 1.0, 0.0, 1.0)
+    assert spec.combiner == Combiner(0.0, 1.0, 0.0, 1.0, 1.0, "max")
