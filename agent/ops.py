@@ -429,7 +429,7 @@ class Operations:
 
     def dump_drift(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, **self.drift.state())  # type: ignore[arg-type]  # numpy stubs take allow_pickle as **
+        np.savez(buf, **self.drift.state())  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         return buf.getvalue()
 
     def restore_drift(self, blob: bytes) -> int:

@@ -64,6 +64,7 @@ class EventScore:
     normal_days: float = 0.0
     driver_hits: int = 0
     driver_judged: int = 0
+    driver_labelled: float = 0.0   # summed over judged windows: the share of the top 3 that are labelled
 
     def add(self, other: EventScore) -> None:
         for k, v in vars(other).items():
@@ -89,7 +90,13 @@ class EventScore:
 
     @property
     def driver_top3(self) -> float:
+        """Caught windows whose first alert names a labelled channel among its top three."""
         return self.driver_hits / self.driver_judged if self.driver_judged else float("nan")
+
+    @property
+    def driver_precision(self) -> float:
+        """The share of the top three channels that are labelled ones, over caught windows."""
+        return self.driver_labelled / self.driver_judged if self.driver_judged else float("nan")
 
 
 def score_events(alerts: Sequence[Alert], labels: npt.NDArray[np.int64], period_s: float,
@@ -111,8 +118,10 @@ def score_events(alerts: Sequence[Alert], labels: npt.NDArray[np.int64], period_
         out.caught += 1
         truth = (interpretation or {}).get(s)
         if truth is not None and first.top:
+            labelled = {channels[c] for c in truth} & set(first.top[:3])
             out.driver_judged += 1
-            out.driver_hits += bool({channels[c] for c in truth} & set(first.top[:3]))
+            out.driver_hits += bool(labelled)
+            out.driver_labelled += len(labelled) / len(first.top[:3])
     for a in starts:
         if any(s <= a.row <= e for s, e in spans):
             out.true_alerts += 1

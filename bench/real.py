@@ -96,7 +96,7 @@ def run_smd(root: Path, work: Path, reuse: bool) -> dict[str, Any]:
                 for a in ds.streams)
     print(f"Vigil's event-F1 ahead of both baselines on {ahead} of {len(ds.streams)} machines; drivers: the "
           f"first alert of {v.driver_hits} of {v.driver_judged} caught windows named a labelled channel in its "
-          f"top 3 ({_f(v.driver_top3)})")
+          f"top 3 ({_f(v.driver_top3)}; {_f(v.driver_precision)} of their top-3 channels are labelled ones)")
     for b in BUDGETS:
         s = total[f"vigil b{b:g}"]
         print(f"budget {b:g} per 30 days ({b / 30:.3f}/day): {s.false_per_day:.3f} false alarms per machine-day "
@@ -104,6 +104,7 @@ def run_smd(root: Path, work: Path, reuse: bool) -> dict[str, Any]:
               f"{summaries[b]['thresholds']['critical']:.6f}")
     return {"smd_onset_recall": v.recall, "smd_alert_precision": v.precision, "smd_event_f1": v.f1,
             "smd_false_alarms_per_machine_day": v.false_per_day, "smd_driver_top3": v.driver_top3,
+            "smd_driver_precision": v.driver_precision,
             "smd_machines_ahead": ahead, "pca_event_f1": total["pca"].f1, "hst_event_f1": total["hst"].f1,
             "pca_onset_recall": total["pca"].recall, "hst_onset_recall": total["hst"].recall,
             "pca_false_alarms_per_machine_day": total["pca"].false_per_day,
