@@ -127,3 +127,48 @@ def test_six_operating_points_score_as_well_as_one(tmp_path: Path) -> None:
     assert results[6]["regimes"] == 6 and results[1]["regimes"] == 1
     one, six = (results[p]["validation"]["forecast_rmse"] for p in (1, 6))
     assert six < 1.5 * one, (one, six)
+
+
+def test_evaluate_scores_each_window_as_the_agent_does(tmp_path: Path) -> None:
+    """A model without labels, with per-asset baselines, the state signal and per-asset statistics:
+    `vigil-train evaluate`'s risk of every window is the risk the agent's pipeline publishes for it."""
+    from prometheus_client import CollectorRegistry
+
+    from agent.config import AgentConfig, BrokerConfig, StateConfig, SubscriptionConfig
+    from agent.config import ModelConfig as ModelSection
+    from agent.metrics import Metrics
+    from agent.pipeline import Pipeline
+    from agent.runtime import load_model
+    from training.evaluate import evaluate_file
+
+    rng = np.random.default_rng(4)
+    n = 900
+    lines = ["ts,asset,a,b,c"]
+    for k, (level, scale) in enumerate(((0.0, 1.0), (500.0, 40.0))):
+        t = np.arange(n)
+        x = level + scale * np.stack([np.sin(t / 30.0), np.cos(t / 45.0), rng.normal(size=n)], axis=1)
+        x[700:720, 1] += 6 * scale  # an incident in the validation part
+        lines += [f"{1767225600 + i * PERIOD:.0f},m{k}," + ",".join(f"{v:.6f}" for v in x[i]) for i in t]
+    path = tmp_path / "h.csv"
+    path.write_text("\n".join(lines) + "\n")
+    model = tmp_path / "m.pt"
+    spec, _ = fit(FitOptions(history=path, fmt="wide", out=model, window=10, horizon=2, hidden=8, epochs=2,
+                             windows_per_epoch=2000, threads=1, progress=False, baseline="asset"))
+    assert spec.level is not None and spec.baseline is not None and set(spec.profiles) == {"m0", "m1"}
+    ev = evaluate_file(model, path, fmt="wide")
+    want = {(ev.ws.assets[a], int(c)): r for a, c, r in zip(ev.ws.asset, ev.ws.end_cell, ev.scored.risk,
+                                                             strict=True)}
+    sub = SubscriptionConfig(filter="e/+", template="e/{asset}", codec="json-multi")
+    cfg = AgentConfig(broker=BrokerConfig(client_id="eq"), model=ModelSection(path=model),
+                      subscriptions=[sub], state=StateConfig(dir=tmp_path / "state"))
+    pipe = Pipeline(cfg, load_model(model), Metrics(CollectorRegistry()))
+    got = {}
+    for line in lines[1:]:
+        ts, asset, *vals = line.split(",")
+        body = json.dumps({"ts": float(ts), "values": dict(zip("abc", map(float, vals), strict=True))})
+        pipe.ingest(0, f"e/{asset}", body.encode(), float(ts) + 1e6, 0.0)
+        for r in pipe.run_batch(64).risks:
+            got[(r.asset, int(r.ts // PERIOD))] = r.doc["risk"]
+    common = set(got) & set(want)
+    assert len(common) > 0.9 * len(want)
+    assert max(abs(got[k] - want[k]) for k in common) < 1e-5

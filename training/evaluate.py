@@ -24,6 +24,7 @@ from agent.spec import ModelSpec
 from agent.windows import cell_of
 from training import baselines as base
 from training import calibrate as cal
+from training import level as lvl
 from training import surprise as sur
 from training.calibrate import Predictions
 from training.data import Event, Format, History, load_events, load_history
@@ -70,7 +71,9 @@ def score(pred: Predictions, temperature: float, spec: ModelSpec, data: Inputs,
     pf = cal.fail_probabilities(pred.logit, temperature) if "fail_prob" in spec.heads else None
     pa = (cal.anomaly_probabilities(pred.anomaly, spec.anomaly)
           if spec.anomaly is not None and len(pred.anomaly) == len(ws) else None)
-    risk = cal.risks(pf, ps, spec.combiner, pa)
+    pl = None if spec.level is None else lvl.probabilities(
+        data, spec.level, {a: p.level for a, p in spec.profiles.items() if p.level is not None})
+    risk = cal.risks(pf, ps, spec.combiner, pa, pl)
     fc = failure_cells(ws, events, spec.period_s)
     alerts = cal.replay_levels(ws, risk, spec.thresholds, spec.period_s, spec.fail_horizon, fc)
     nll, per_channel = float("nan"), {}

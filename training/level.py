@@ -60,6 +60,20 @@ def level_scores(data: Inputs, stats: LevelStats) -> FloatArray:
     return out
 
 
+def probabilities(data: Inputs, stats: LevelStats, own: dict[str, Distribution]) -> FloatArray:
+    """Every window's state-signal probability, as the agent computes it: each asset under its
+    own distribution where the model has one, else the fleet's."""
+    ws = data.ws
+    scores = level_scores(data, stats)
+    p = EmpiricalCdf(stats.quantiles, stats.tail)(scores)
+    for a in np.unique(ws.asset):
+        d = own.get(ws.assets[a])
+        if d is not None:
+            mine = ws.asset == a
+            p[mine] = EmpiricalCdf(d.quantiles, d.tail)(scores[mine])
+    return np.where(np.isfinite(scores), p, np.nan)
+
+
 def distribution(scores: FloatArray) -> Distribution:
     """Quantiles and tail of healthy scores."""
     s = scores[np.isfinite(scores)]
@@ -81,11 +95,6 @@ def fit_level(train: Inputs, val: Inputs, healthy: npt.NDArray[np.bool_], margin
     scores = level_scores(val, stats0)
     fleet = distribution(scores[healthy])
     stats = LevelStats(alpha, stats0.center, stats0.precision, fleet.quantiles, fleet.tail, z_max)
-    own: dict[str, Distribution] = {}
-    p = EmpiricalCdf(fleet.quantiles, fleet.tail)(scores)
-    for a in np.unique(ws.asset):
-        mine = ws.asset == a
-        if (mine & healthy).sum() >= MIN_PROFILE_WINDOWS:
-            d = own[ws.assets[a]] = distribution(scores[mine & healthy])
-            p[mine] = EmpiricalCdf(d.quantiles, d.tail)(scores[mine])
-    return stats, own, np.where(np.isfinite(scores), p, np.nan)
+    own = {ws.assets[a]: distribution(scores[(ws.asset == a) & healthy]) for a in np.unique(ws.asset)
+           if ((ws.asset == a) & healthy).sum() >= MIN_PROFILE_WINDOWS}
+    return stats, own, probabilities(val, stats, own)
