@@ -28,8 +28,9 @@ LEVELS_DIFFER = 10.0
 # An asset the model file does not know is scored after a day of its own cells (plant data has
 # daily cycles), but at least 10 windows and at most LEARN_MAX cells (memory while it learns).
 LEARN_MAX = 1440
-# Profiles (one baseline per asset) go into the model file up to this many assets; beyond,
-# every asset learns its own in the agent, and training measures them the same way.
+# Profiles (a baseline and score statistics per asset) go into the model file up to this many
+# assets; beyond, every asset learns its baseline in the agent (training measures them the same
+# way) and shares the fleet's score statistics.
 MAX_PROFILES = 2000
 # A baseline's scale never goes below this share of the fleet's typical spread of the channel,
 # nor below this share of the channel's range over every training row (for a channel some

@@ -682,7 +682,7 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
     # from the same windows which states lead to a failure within the horizon, and which do not.
     level = None if train_data is None or not opts.level or pf is not None else lvl.fit_level(
         train_data, val_data, healthy, _healthy_margin(opts), opts.surprise_alpha, opts.surprise_z_max,
-        opts.seed)
+        opts.seed, _per_asset(val_ws))
     pl = None if level is None else level[2]
     fc = failure_cells(val_ws, events, history.period_s)
     budget = opts.false_alarms_per_30_days / 30.0
@@ -718,7 +718,7 @@ def _surprise(opts: FitOptions, ws: WindowSet, pred: cal.Predictions, healthy: n
               ) -> tuple[SurpriseStats, dict[str, SurpriseStats], npt.NDArray[np.float64]]:
     """The fleet's surprise statistics, each asset's own where it has enough healthy validation
     windows, and every validation window's surprise probability under them."""
-    fleet_scale, own_scale = sur.residual_scales(ws, pred, healthy)
+    fleet_scale, own_scale = sur.residual_scales(ws, pred, healthy, _per_asset(ws))
     fleet0 = SurpriseStats(opts.surprise_alpha, (0.0, 1.0), () if fleet_scale is None else
                            tuple(map(float, fleet_scale)), None, opts.surprise_z_max)
     own0 = {a: replace(fleet0, residual_scale=tuple(map(float, sc))) for a, sc in own_scale.items()}
@@ -728,6 +728,12 @@ def _surprise(opts: FitOptions, ws: WindowSet, pred: cal.Predictions, healthy: n
                                np.asarray(st.residual_scale), opts.surprise_z_max)
            for a, st in own0.items()}
     return fleet, own, sur.surprise_probabilities(scores, fleet, ws, own)
+
+
+def _per_asset(ws: WindowSet) -> bool:
+    """Whether validation assets get statistics of their own: not in a fleet too large for the
+    model file to carry one profile per asset (they share the fleet's)."""
+    return len(np.unique(ws.asset)) <= base.MAX_PROFILES
 
 
 def _profiles(baselines: base.Baselines | None, own: dict[str, SurpriseStats],

@@ -82,9 +82,11 @@ def distribution(scores: FloatArray) -> Distribution:
 
 
 def fit_level(train: Inputs, val: Inputs, healthy: npt.NDArray[np.bool_], margin: float, alpha: float,
-              z_max: float, seed: int = 0) -> tuple[LevelStats, dict[str, Distribution], FloatArray] | None:
-    """The state signal's statistics, each asset's own distribution where it has enough healthy
-    validation windows (`healthy`), and every validation window's probability (None: too little data)."""
+              z_max: float, seed: int = 0, per_asset: bool = True
+              ) -> tuple[LevelStats, dict[str, Distribution], FloatArray] | None:
+    """The state signal's statistics, (`per_asset`) each asset's own distribution where it has
+    enough healthy validation windows (`healthy`), and every validation window's probability
+    (None: too little data)."""
     state = fit_state(train, margin, seed)
     ws = val.ws
     if state is None or healthy.sum() < 10:
@@ -96,5 +98,5 @@ def fit_level(train: Inputs, val: Inputs, healthy: npt.NDArray[np.bool_], margin
     fleet = distribution(scores[healthy])
     stats = LevelStats(alpha, stats0.center, stats0.precision, fleet.quantiles, fleet.tail, z_max)
     own = {ws.assets[a]: distribution(scores[(ws.asset == a) & healthy]) for a in np.unique(ws.asset)
-           if ((ws.asset == a) & healthy).sum() >= MIN_PROFILE_WINDOWS}
+           if per_asset and ((ws.asset == a) & healthy).sum() >= MIN_PROFILE_WINDOWS}
     return stats, own, probabilities(val, stats, own)

@@ -50,16 +50,16 @@ def spread(errors: FloatArray) -> FloatArray:
     return out
 
 
-def residual_scales(ws: WindowSet, pred: Predictions, healthy: npt.NDArray[np.bool_]
+def residual_scales(ws: WindowSet, pred: Predictions, healthy: npt.NDArray[np.bool_], per_asset: bool = True
                     ) -> tuple[FloatArray | None, dict[str, FloatArray]]:
-    """The healthy spread of one-step forecast errors per channel: the fleet's, and each asset's
-    own where it has MIN_PROFILE_WINDOWS healthy windows or more (None: too few errors)."""
+    """The healthy spread of one-step forecast errors per channel: the fleet's, and (`per_asset`)
+    each asset's own where it has MIN_PROFILE_WINDOWS healthy windows or more (None: too few errors)."""
     cur, err = one_step_errors(ws, pred)
     ok = healthy[cur] & np.isfinite(err).all(axis=1)
     if ok.sum() < 10:
         return None, {}
     own: dict[str, FloatArray] = {}
-    for a in np.unique(ws.asset[cur[ok]]):
+    for a in np.unique(ws.asset[cur[ok]]) if per_asset else ():
         mine = ok & (ws.asset[cur] == a)
         if mine.sum() >= MIN_PROFILE_WINDOWS:
             own[ws.assets[a]] = spread(err[mine])

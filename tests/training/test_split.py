@@ -73,3 +73,18 @@ def test_auto_splits_by_time_for_a_few_machines() -> None:
     assert choose("auto", few, set(few[:4])) == "asset"
     assert choose("auto", few, set(few[:3])) == "time"
     assert choose("asset", few[:2], set()) == "asset" and choose("time", many, set()) == "time"
+
+
+def test_streaming_refuses_a_time_split_with_a_reason(tmp_path: object) -> None:
+    """--stream splits by asset: asking it for a time split (or per-asset baselines) is refused
+    with a one-line reason, not a traceback."""
+    from pathlib import Path
+
+    from training.fit import FitOptions, fit
+
+    path = Path(str(tmp_path)) / "h.csv"
+    path.write_text("ts,asset,channel,value\n" + "".join(f"{60 * k},p1,x,{k % 7}\n" for k in range(200)))
+    for extra in ({"split": "time"}, {"baseline": "asset"}):
+        with pytest.raises(ValueError, match="--stream splits by asset"):
+            fit(FitOptions(history=path, out=Path(str(tmp_path)) / "m.pt", stream=True, progress=False,
+                           **extra))  # type: ignore[arg-type]
