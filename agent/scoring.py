@@ -67,12 +67,26 @@ def level_contributions(newest: npt.NDArray[np.floating[Any]], stats: LevelStats
 
 
 def update_level(trackers: Sequence[SurpriseTracker], contributions: FloatArray, alpha: float
-                 ) -> list[FloatArray]:
-    """Each tracker's smoothed contributions after this batch's rows, in batch order."""
-    out = []
-    for tr, c in zip(trackers, contributions, strict=True):
-        tr.level = c.copy() if tr.level is None else tr.level + alpha * (c - tr.level)
-        out.append(tr.level)
+                 ) -> FloatArray:
+    """Each tracker's smoothed contributions after this batch's rows [B, C], in batch order: the
+    EWMA of each tracker over its rows, computed for the batch in one pass per round (a tracker's
+    r-th row of the batch is in round r), as a row-by-row update would."""
+    out = np.empty_like(contributions)
+    seen: dict[int, int] = {}
+    rounds: list[list[int]] = []
+    for i, tr in enumerate(trackers):
+        r = seen.get(id(tr), 0)
+        seen[id(tr)] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    for rows in rounds:
+        prev = [trackers[i].level for i in rows]
+        old = np.stack([contributions[i] if p is None else p for i, p in zip(rows, prev, strict=True)])
+        new = old + alpha * (contributions[rows] - old)
+        out[rows] = new
+        for k, i in enumerate(rows):
+            trackers[i].level = new[k].copy()  # a copy: the batch's array is not held
     return out
 
 
@@ -152,9 +166,9 @@ class Scorer:
         p_level: list[float | None] = nothing
         level_channels: list[FloatArray | None] = [None] * n
         if s.level is not None and self.level_cdf is not None:
-            level_channels = list(update_level(trackers, level_contributions(x[:, -1, :], s.level),
-                                               s.level.ewma_alpha))
-            scores = np.asarray([lc.sum() for lc in level_channels if lc is not None])
+            smoothed = update_level(trackers, level_contributions(x[:, -1, :], s.level), s.level.ewma_alpha)
+            level_channels = list(smoothed)
+            scores = smoothed.sum(axis=1)
             p_level = [None] * n
             fleet_level = self.level_cdf
             for cdf, rows in _groups([self.own_level.get(a, fleet_level) for a in assets]):

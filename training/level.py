@@ -56,7 +56,7 @@ def level_scores(data: Inputs, stats: LevelStats) -> FloatArray:
         idx = np.flatnonzero(ws.asset == a)
         idx = idx[np.argsort(ws.end_cell[idx], kind="stable")]
         trackers = [SurpriseTracker(stats.ewma_alpha)] * len(idx)  # one asset's state, window after window
-        out[idx] = [c.sum() for c in update_level(trackers, contrib[idx], stats.ewma_alpha)]
+        out[idx] = update_level(trackers, contrib[idx], stats.ewma_alpha).sum(axis=1)
     return out
 
 
