@@ -97,16 +97,22 @@ def update_surprise(trackers: Sequence[SurpriseTracker], ends: Sequence[int], ta
     rows are applied in batch order.
     """
     out: list[FloatArray | None] = [None] * len(trackers)
-    rounds: list[list[int]] = []  # rounds[r]: the rows that are some tracker's r-th in the batch
+    for rows in rounds(trackers):
+        _surprise_round(trackers, ends, tails, means, logvars, rows, out)
+    return out
+
+
+def rounds(trackers: Sequence[SurpriseTracker]) -> list[list[int]]:
+    """A batch's rows by round: round r holds the rows that are some tracker's r-th in the batch,
+    so the rows of one round belong to distinct trackers and may be updated together."""
+    out: list[list[int]] = []
     seen: dict[int, int] = {}
     for i, tr in enumerate(trackers):
         r = seen.get(id(tr), 0)
         seen[id(tr)] = r + 1
-        if r == len(rounds):
-            rounds.append([])
-        rounds[r].append(i)
-    for rows in rounds:
-        _surprise_round(trackers, ends, tails, means, logvars, rows, out)
+        if r == len(out):
+            out.append([])
+        out[r].append(i)
     return out
 
 

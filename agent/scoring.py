@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.baseline import apply_baselines
-from agent.risk import EmpiricalCdf, SurpriseTracker, combine, surprise_cdf, update_surprise
+from agent.risk import EmpiricalCdf, SurpriseTracker, combine, rounds, surprise_cdf, update_surprise
 from agent.runtime import Outputs
 from agent.spec import Baseline, LevelStats, ModelSpec, SurpriseStats
 
@@ -72,15 +72,7 @@ def update_level(trackers: Sequence[SurpriseTracker], contributions: FloatArray,
     EWMA of each tracker over its rows, computed for the batch in one pass per round (a tracker's
     r-th row of the batch is in round r), as a row-by-row update would."""
     out = np.empty_like(contributions)
-    seen: dict[int, int] = {}
-    rounds: list[list[int]] = []
-    for i, tr in enumerate(trackers):
-        r = seen.get(id(tr), 0)
-        seen[id(tr)] = r + 1
-        if r == len(rounds):
-            rounds.append([])
-        rounds[r].append(i)
-    for rows in rounds:
+    for rows in rounds(trackers):
         prev = [trackers[i].level for i in rows]
         old = np.stack([contributions[i] if p is None else p for i, p in zip(rows, prev, strict=True)])
         new = old + alpha * (contributions[rows] - old)
