@@ -1,7 +1,8 @@
 """Score: a model's outputs for a batch of windows into each window's signals and risk.
 
-One path for the live model, the shadow model and training's calibration, so a candidate is
-judged on the risk it would serve. Deciding (levels, hysteresis) stays in `agent.risk`.
+One path for the live model and the shadow model, so a candidate is judged on the risk it would
+serve; training replays it window by window with the same functions (`training.surprise`,
+`training.level`). Deciding (levels, hysteresis) stays in `agent.risk`.
 
 Forecast surprise compares the cells that arrived with the forecast made before them: each
 channel's error divided by its healthy spread (the asset's own where the model file has a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from agent.runtime import Outputs
 from agent.spec import Baseline, LevelStats, ModelSpec, SurpriseStats
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,11 @@ class Scorer:
         stats = [self.stats_of(a) for a in assets]
         if out.forecast_mean is not None and out.forecast_logvar is not None:
             logvar = np.asarray(out.forecast_logvar, dtype=np.float32)
-            own = [i for i, st in enumerate(stats) if st.logvar is not None]
-            if own:
+            fixed = [(st, rows) for st, rows in _groups(stats) if st.logvar is not None]
+            if fixed:
                 logvar = logvar.copy()
-                for i in own:
-                    logvar[i] = stats[i].logvar  # broadcast over the horizon
+                for st, rows in fixed:  # one assignment per set of statistics, not per window
+                    logvar[rows] = st.logvar  # broadcast over the horizon
             per_channel = update_surprise(trackers, ends, x[:, -s.horizon:].astype(np.float64),
                                           out.forecast_mean, logvar)
             have = [i for i, pc in enumerate(per_channel) if pc is not None]
@@ -182,11 +184,11 @@ def _drivers(surprise: FloatArray | None, p_surprise: float | None, level: Float
     return surprise
 
 
-def _groups(cdfs: list[EmpiricalCdf]) -> list[tuple[EmpiricalCdf, npt.NDArray[np.int64]]]:
-    """Positions that share one CDF, so each CDF scores its rows in one call."""
+def _groups(items: Sequence[T]) -> list[tuple[T, npt.NDArray[np.int64]]]:
+    """Positions that share one object (a CDF, a set of statistics), so each serves its rows at once."""
     by: dict[int, list[int]] = {}
-    first: dict[int, EmpiricalCdf] = {}
-    for j, c in enumerate(cdfs):
+    first: dict[int, T] = {}
+    for j, c in enumerate(items):
         by.setdefault(id(c), []).append(j)
         first.setdefault(id(c), c)
     return [(first[k], np.asarray(v, dtype=np.int64)) for k, v in by.items()]
