@@ -287,11 +287,16 @@ def calibrate_thresholds(ws: WindowSet, risk: FloatArray, period_s: float, fail_
         caught = replay(warn, 1.0).caught
         warn = _raise(cands, warn, budget_level(healthy, tail, budget_per_asset_day, period_s, share),
                       lambda w: replay(w, 1.0).caught >= caught)
-    crit = _lowest(sorted({v for v in cands if v >= warn} | {warn}), crit_ok)
+    # Critical stays a level of its own above warning: at least the hysteresis band higher (half
+    # the way to 1 near the top), or every warning would be a critical.
+    floor = min(warn * (1.0 + hysteresis_frac), (warn + 1.0) / 2.0, TOP_RISK)
+    crit = _lowest(sorted({v for v in cands if v >= floor} | {floor}), crit_ok)
     if tail is not None:
         kept = true_criticals(replay(warn, crit))
         crit = _raise(cands, crit, budget_level(healthy, tail, budget_per_asset_day / 5, period_s, share),
                       lambda c: true_criticals(replay(warn, c)) >= kept)
+    if crit <= warn:  # both at the top (nothing healthy passes): warning just below
+        warn = float(np.nextafter(crit, 0.0))
     return thresholds(warn, crit)
 
 

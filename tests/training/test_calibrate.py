@@ -45,6 +45,19 @@ class TestThresholds:
             loose = replay_levels(ws, risk, type(t)(0.2, 0.5), PERIOD, 720, fc)  # type: ignore[arg-type]
             assert loose.false_per_asset_day > budget  # the budget was a real constraint
 
+    def test_critical_is_a_level_of_its_own(self) -> None:
+        """Where the budget would put both thresholds at the same risk (healthy risk far below
+        the failing ramp's), critical still stands above warning by the hysteresis band."""
+        for seed, budget in ((0, 1 / 30), (3, 1.0), (4, 5.0)):
+            ws, risk, events = scenario(seed)
+            healthy = ws.fail == 0  # type: ignore[attr-defined]
+            risk[healthy] = np.minimum(risk[healthy], 0.2)  # nothing healthy near the ramp
+            fc = failure_cells(ws, events, PERIOD)  # type: ignore[arg-type]
+            t = calibrate_thresholds(ws, risk, PERIOD, 720, fc, budget)  # type: ignore[arg-type]
+            assert t.critical >= min(t.warning * 1.1, (t.warning + 1) / 2) > t.warning
+            st = replay_levels(ws, risk, t, PERIOD, 720, fc)  # type: ignore[arg-type]
+            assert st.caught == 4
+
     def test_temperature_improves_log_loss(self) -> None:
         """Temperature scaling finds the temperature that undoes an over-confident logit scale."""
         rng = np.random.default_rng(0)
