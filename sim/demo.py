@@ -38,6 +38,17 @@ def run(name: str, *args: str) -> None:
         raise SystemExit(f"[demo] {name} {args[0]} failed with exit code {proc.returncode}")
 
 
+def model_summary(path: Path) -> str:
+    """One line on the trained model (`vigil-train inspect` prints all of its metadata)."""
+    from agent.runtime import read_spec
+
+    spec = read_spec(path)
+    t = spec.thresholds
+    return (f"model {path.name} (version {spec.version[:12]}): {len(spec.channels)} channels, "
+            f"window {spec.window} x {spec.period_s:g} s, heads {', '.join(spec.heads)}; "
+            f"warning at risk {t.warning:.3f}, critical at {t.critical:.3f}")
+
+
 class AlertPrinter:
     """A separate MQTT client, as a SCADA or CMMS bridge would be, printing alerts."""
 
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         run("vigil-train", "fit", "--history", str(work / "history.csv"),
             "--events", str(work / "events.csv"), "--epochs", "6", "--windows-per-epoch", "20000",
             "--out", str(model))
-        run("vigil-train", "inspect", str(model))
+        say(model_summary(model))
 
         http_port = free_port()
         config = work / "agent.toml"

@@ -237,7 +237,8 @@ def train(model: Forecaster, train_data: Inputs | WindowSource, val_data: Inputs
         ep = plan.epoch(train_src, train_counts, epoch, ctx, rul_cap)
         model.train()
         bar = tqdm(range(ep.steps), desc=f"epoch {epoch + 1}/{last}", file=sys.stderr, leave=False,
-                   unit="batch", disable=not show or bool(cfg.progress_label))
+                   # disable=None: a bar only on a terminal, never in a log file
+                   unit="batch", disable=True if not show or cfg.progress_label else None)
         total, seen, started = 0.0, 0.0, time.monotonic()
         for step in bar:
             rows = ep.batch(step)

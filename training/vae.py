@@ -159,7 +159,7 @@ def train_vae(vae: LstmVae, train: Inputs, train_idx: npt.NDArray[np.int64], val
         order = rng.choice(train_idx, n, replace=False)
         total = 0.0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"vae {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, file=sys.stderr, leave=False, unit="batch")
+                   disable=None if cfg.progress else True, file=sys.stderr, leave=False, unit="batch")
         for start in bar:
             idx = order[start : start + cfg.batch_size]
             beta = cfg.beta * min(1.0, (step + 1) / warm)
