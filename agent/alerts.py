@@ -125,7 +125,8 @@ def encode_fast(doc: dict[str, Any]) -> bytes:
 
     The same JSON values; a float below 1e-4 may be spelt differently (`5e-05` as `0.00005`).
     orjson writes NaN and infinities as `null` instead of refusing them, so a document in which
-    `null` appears (never in a risk document otherwise) goes through `encode` and is refused.
+    `null` appears goes through `encode`, which refuses those and writes a real None as `null`
+    (a surprise not known yet).
     """
     out = orjson.dumps(doc)
     return out if b"null" not in out else encode(doc)

@@ -19,7 +19,7 @@ from agent.alerts import AlertSender, Outbox, encode, encode_fast
 from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ModelError
-from agent.events import parse_event
+from agent.events import PlantEvent, parse_event
 from agent.http import HealthServer
 from agent.ingest import Reason
 from agent.logs import RateLimited
@@ -167,6 +167,8 @@ class Agent:
             self.ops.enable_shadow(shadow.spec.horizon_s)
         self.control: deque[Control] = deque()
         self._promote = threading.Event()
+        self._promote_requests: deque[Control] = deque()  # promote commands awaiting their reply
+        self._resummarise = threading.Event()  # connected: republish every retained alarm summary
         self._health_sent: tuple[Any, float] = (None, -1e9)
         self.checkpoint = Checkpoint(cfg.state.dir / "state.sqlite")
         self._restore()
@@ -244,6 +246,8 @@ class Agent:
 
     def _state(self, connected: bool) -> None:
         self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected:
+            self._resummarise.set()
         systemd.notify_status("connected" if connected else "broker disconnected, reconnecting")
         if connected and not self._primaries_started:
             # After the first subscription to the Sparkplug namespace, as §5 orders; the STATE
@@ -406,6 +410,9 @@ class Agent:
         while not self._stop.is_set():
             if self.control:
                 self._handle_control()
+            if self._resummarise.is_set():
+                self._resummarise.clear()
+                self._send(self.ops.summaries(every=True))
             # Wait for messages no longer than the oldest ready window may wait for its batch.
             due = 0.02 if first_due is None else first_due + max_wait - time.monotonic()
             self._ingest_some(max(due, 0.0))
@@ -514,32 +521,40 @@ class Agent:
         prefix = self.cfg.outputs.prefix
         agent_id = self.cfg.resolved_agent_id
         while self.control:
-            topic, payload, props = self.control.popleft()
+            msg = self.control.popleft()
+            topic = msg.topic
             if topic.startswith(f"{prefix}/events/"):
-                ev = parse_event(topic.removeprefix(f"{prefix}/events/"), payload)
-                if not isinstance(ev, str) and ev.ts > time.time() + self.cfg.windows.max_future_skew_s:
-                    ev = "ts is in the future"  # a repair "next year" would refuse every reading till then
+                asset = topic.removeprefix(f"{prefix}/events/")
+                ev = parse_event(asset, msg.payload)
+                if not isinstance(ev, str):
+                    ev = self._event_time_rule(ev)
                 if isinstance(ev, str):
                     self._rejects_log.warning("event_rejected", key="event", reason=ev, topic=topic[:200])
+                    self._reply(msg, {"event": None, "asset": asset, "result": "rejected", "reason": ev})
                     continue
                 fx = self.ops.event(ev)
+                self._reply(msg, {"event": ev.event, "asset": ev.asset, "result": "ok", "reason": ""})
             else:
-                sender = sender_of(props)
-                cmd = parse_command(prefix, agent_id, topic, payload, sender)
+                sender = sender_of(msg.user)
+                cmd = parse_command(prefix, agent_id, topic, msg.payload, sender)
                 if isinstance(cmd, str):
                     self._rejects_log.warning("command_rejected", key="command", reason=cmd,
                                               topic=topic[:200], sender=sender)
+                    self._reply(msg, {"command": None, "asset": None, "result": "rejected", "reason": cmd})
                     continue
                 result, why, fx = self.ops.command(cmd)
                 if result == "ignored":
-                    continue
+                    continue  # another agent's asset: that agent answers
                 self.log.info("command", command=cmd.name, asset=cmd.asset, result=result, reason=why,
                               sender=cmd.sender, args={k: v for k, v in cmd.args.items() if v is not None})
-                if not fx.promote:  # counted after the log line, which a count's reader may look for
-                    self.metrics.commands.labels(cmd.name, result).inc()
-                if fx.promote:
+                if fx.promote:  # answered and counted once the watcher has tried (_promote_shadow)
+                    self._promote_requests.append(msg)
                     self._promote.set()
                     self.watcher.poke.set()
+                else:  # counted after the log line, which a count's reader may look for
+                    self.metrics.commands.labels(cmd.name, result).inc()
+                    self._reply(msg, {"command": cmd.name, "asset": cmd.asset, "result": result,
+                                      "reason": why})
             for asset, ts in fx.resets:
                 notice = self.pipeline.reset_asset(asset, ts)
                 self.ops.drift.forget(asset)
@@ -552,9 +567,27 @@ class Agent:
         self._save_ops()
         self._publish_health(time.monotonic(), force=False)
 
+    def _event_time_rule(self, ev: PlantEvent) -> PlantEvent | str:
+        """Events obey the readings' time bounds (a floor, a maximum skew into the future)."""
+        w = self.cfg.windows
+        if ev.ts > time.time() + w.max_future_skew_s:
+            return "ts is in the future"  # a repair "next year" would refuse every reading till then
+        if ev.ts < w.ts_floor.timestamp():
+            return f"ts is before {w.ts_floor.date().isoformat()} ([windows] ts_floor)"
+        return ev
+
+    def _reply(self, to: Control, doc: dict[str, Any]) -> None:
+        """The result of an event or command, on the MQTT 5 response topic its sender named."""
+        if to.response_topic:
+            self.link.reply(to, encode({**doc, "agent_id": self.cfg.resolved_agent_id}))
+
     def _send(self, messages: list[Outgoing]) -> None:
         for m in messages:
-            self.sender.send(m.topic, encode(m.doc), m.level)
+            if m.retain:  # state, not news: the broker keeps the latest, nothing to queue
+                payload = b"" if m.doc is None else encode(m.doc)
+                self.link.publish(m.topic, payload, qos=1, retain=True)
+            elif m.doc is not None:
+                self.sender.send(m.topic, encode(m.doc), m.level)
 
     def _publish_health(self, now: float, force: bool = False) -> None:
         doc = self.ops.health()
@@ -573,9 +606,11 @@ class Agent:
         for a in result.alerts:
             self.sender.send(f"{prefix}/alerts/{a.asset}", encode(a.doc), a.level)
             self.metrics.alerts.labels(a.level).inc()
-            self.log.info("alert_raised", asset=a.asset, level=a.level,
+            self.log.info("alert_raised", asset=a.asset, alert_level=a.level,
                           previous=a.doc["previous_level"], risk=a.doc["risk"],
                           alert_id=a.doc["alert_id"])
+        if self.ops.summary_due:
+            self._send(self.ops.summaries())
         if result.alerts or decided.messages or self.ops.dirty:
             self._save_ops()
         if result.alerts:
@@ -616,14 +651,21 @@ class Agent:
 
     def _promote_shadow(self) -> None:
         """The promote command: the shadow file replaces the live one, then the hot-swap takes it."""
+        requests = [self._promote_requests.popleft() for _ in range(len(self._promote_requests))]
         try:
             rt = promote(self.cfg)
         except (ModelError, OSError) as exc:
             self.metrics.commands.labels("promote", "rejected").inc()
             self.log.error("promote_failed", reason=str(exc))
+            for r in requests:
+                self._reply(r, {"command": "promote", "asset": None, "result": "rejected",
+                                "reason": str(exc)})
             return
         self.metrics.commands.labels("promote", "ok").inc()
         self.log.info("shadow_promoted", version=rt.spec.version, path=str(self.cfg.model.path))
+        for r in requests:
+            self._reply(r, {"command": "promote", "asset": None, "result": "ok", "reason": "",
+                            "version": rt.spec.version})
 
     def _check_new_model(self) -> None:
         current = self.pipeline.spec

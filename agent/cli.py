@@ -12,9 +12,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import VigilError
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.spec import ModelSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +47,32 @@ def example_topic(template: str) -> str:
     return "/".join(parts)
 
 
+def thresholds_in_force(cfg: AgentConfig, spec: ModelSpec) -> dict[str, Any]:
+    """The thresholds the agent decides with, and where each comes from: the config's own
+    `[model] warning`/`critical`, or the model's calibration (moved by `[model] sensitivity`)."""
+    from agent.risk import in_force, sensitive
+
+    m = cfg.model
+    t = in_force(spec.thresholds, m.sensitivity, m.warning, m.critical)
+    moved = sensitive(spec.thresholds, m.sensitivity)
+    calibrated = ("the model's calibration" if moved == spec.thresholds
+                  else f"the model's calibration at [model] sensitivity {m.sensitivity:g}")
+
+    def source(own: float | None, value: float, level: str) -> str:
+        if own is not None:
+            return f"[model] {level} in the config" if own == value else "raised to the warning in force"
+        return calibrated if value == getattr(moved, level) else "raised to the warning in force"
+
+    out: dict[str, Any] = {k: v for k, v in asdict(t).items() if k != "tail"}
+    out["source"] = {"warning": source(m.warning, t.warning, "warning"),
+                     "critical": source(m.critical, t.critical, "critical")}
+    out["model_calibrated"] = {"warning": spec.thresholds.warning, "critical": spec.thresholds.critical}
+    return out
+
+
 def check_config(path: Path) -> dict[str, Any]:
     """Validate config and model; return the summary that check-config prints."""
     from agent.config import load_config
-    from agent.risk import in_force
     from agent.runtime import load_runtime
     from agent.shadow import load_shadow
     from agent.spec import spec_summary
@@ -66,11 +92,7 @@ def check_config(path: Path) -> dict[str, Any]:
              "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
-        # What the agent decides with: the model's thresholds moved by [model] sensitivity, or
-        # the config's own [model] warning and critical.
-        "thresholds_in_force": {k: v for k, v in asdict(in_force(
-            rt.spec.thresholds, cfg.model.sensitivity, cfg.model.warning, cfg.model.critical)).items()
-            if k != "tail"},
+        "thresholds_in_force": thresholds_in_force(cfg, rt.spec),
         **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
            if shadow is not None and cfg.model.shadow is not None else {}),
         **({"records": {"dir": str(cfg.record_dir), "max_bytes": cfg.record.max_bytes}}
@@ -81,7 +103,9 @@ def check_config(path: Path) -> dict[str, Any]:
             "status": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status",
             "health": f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/health",
             "flood": f"{cfg.outputs.prefix}/alarms/flood",
-            "shelves": f"{cfg.outputs.prefix}/alarms/shelved/{{asset}}"},
+            "shelves": f"{cfg.outputs.prefix}/alarms/shelved/{{asset}}",
+            "alarm_summary": f"{cfg.outputs.prefix}/alarms/active/{{asset}} (retained)",
+            "replies": "the MQTT 5 response topic of each command and event"},
         "listens": {
             "events": f"{cfg.outputs.prefix}/events/{{asset}}",
             "commands": f"{cfg.outputs.prefix}/cmd/{{asset}}/ack|shelve|unshelve",

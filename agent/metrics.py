@@ -129,9 +129,9 @@ class Metrics:
         self.false_alarms = Counter("vigil_false_alarms",
                                     "Alerts with no failure or repair within their horizon.", ["model"],
                                     registry=r)
-        self.true_alarms = Counter("vigil_true_alarms",
-                                   "Alerts confirmed by a failure or repair within their horizon.",
-                                   ["model"], registry=r)
+        self.true_alarms = Counter(
+            "vigil_true_alarms", "Failures and repairs an alert warned of within its horizon (each once).",
+            ["model"], registry=r)
         for m in MODELS:
             self.lead_time.labels(m)
             self.failures_missed.labels(m)

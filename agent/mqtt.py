@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,6 +27,11 @@ def status_topic(cfg: AgentConfig) -> str:
     return f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/status"
 
 
+def valid_topic(topic: str) -> bool:
+    """Whether a message may be published to `topic` (no wildcards, not empty, not too long)."""
+    return 0 < len(topic.encode()) <= 65535 and "+" not in topic and "#" not in topic and "\0" not in topic
+
+
 def health_topic(cfg: AgentConfig) -> str:
     """Retained JSON beside the plain `status`: flood, chatter, maintenance, drift."""
     return f"{cfg.outputs.prefix}/agents/{cfg.resolved_agent_id}/health"
@@ -37,7 +43,19 @@ def control_filters(cfg: AgentConfig) -> list[str]:
     return [f"{p}/events/+", f"{p}/cmd/+/+", f"{p}/agents/{cfg.resolved_agent_id}/cmd/+"]
 
 
-Control = tuple[str, bytes, list[tuple[str, str]]]  # topic, payload, MQTT 5 user properties
+@dataclass(frozen=True)
+class Control:
+    """An event or command message: its topic, payload and what MQTT 5 says of its sender.
+
+    `response_topic` and `correlation` are MQTT 5 request/response: where the sender wants the
+    command's result, and what to echo so it can match the reply to its request.
+    """
+
+    topic: str
+    payload: bytes
+    user: list[tuple[str, str]] = field(default_factory=list)
+    response_topic: str | None = None
+    correlation: bytes | None = None
 PUBLISH = 0x30     # the PUBLISH packet type, in the first byte of the fixed header
 BATCH_MID = 0      # the message id of a batch of QoS 0 messages (paho's run 1-65535)
 
@@ -60,6 +78,7 @@ class Link:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.refused: str | None = None
+        self._stopping = False  # a disconnection we asked for is no news
         self._refusals = RateLimited(log, interval_s=60.0)
         self._failures = RateLimited(log, interval_s=60.0)
         b = cfg.broker
@@ -162,7 +181,9 @@ class Link:
                       properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if was and self._stopping:
+            self.log.info("mqtt_disconnected", reason=str(reason))
+        elif was:
             self.log.warning("mqtt_disconnected", reason=str(reason))
             # A fresh, jittered base delay per outage, so a fleet of gateways does not
             # reconnect in lock-step when their broker comes back.
@@ -187,8 +208,11 @@ class Link:
     def _control(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         user = list(getattr(props, "UserProperty", None) or [])
+        response = getattr(props, "ResponseTopic", None) or None
+        correlation = getattr(props, "CorrelationData", None)
         assert self._on_control is not None
-        take = self._on_control((msg.topic, bytes(msg.payload), user))
+        take = self._on_control(Control(msg.topic, bytes(msg.payload), user, response,
+                                        bytes(correlation) if correlation is not None else None))
         if take and msg.qos > 0:
             client.ack(msg.mid, msg.qos)
 
@@ -203,6 +227,17 @@ class Link:
         """Hand a message to paho (queued by paho while disconnected); returns its mid."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return int(info.mid)
+
+    def reply(self, to: Control, payload: bytes) -> bool:
+        """Answer a request on its MQTT 5 response topic (QoS 1, not retained); False if it gave none."""
+        if not self.v5 or not to.response_topic or not valid_topic(to.response_topic):
+            return False
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if to.correlation is not None:
+            props.CorrelationData = to.correlation
+        self.client.publish(to.response_topic, payload, qos=1, retain=False,
+                            properties=props)
+        return True
 
     def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int = 0, retain: bool = False) -> int:
         """Hand many messages to paho at once, in order; returns how many it took.
@@ -233,6 +268,7 @@ class Link:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Publish the retained `offline` status ourselves, then disconnect cleanly."""
+        self._stopping = True
         if self.connected.is_set():
             info = self.client.publish(status_topic(self.cfg), b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):

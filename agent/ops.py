@@ -39,11 +39,13 @@ _SEEN_EVENTS = 1000  # recent (asset, ts, event) keys: a QoS 1 redelivery is log
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A message for the outbox (QoS 1, kept until the broker acknowledges it)."""
+    """A message for the outbox (QoS 1, kept until the broker acknowledges it), or, `retain`ed,
+    a state document published directly (None: clear the retained message)."""
 
     topic: str
-    doc: dict[str, Any]
+    doc: dict[str, Any] | None
     level: str = "warning"  # the outbox keeps anything but "ok" even when full
+    retain: bool = False
 
 
 @dataclass
@@ -55,10 +57,18 @@ class AssetOps:
     shelved_by: str = ""
     last_alert: dict[str, Any] | None = None   # the last alert published, as sent
     floor_ts: float | None = None              # the last repair: readings before it are refused
+    unacked: bool = False                      # a raise annunciated and not acknowledged yet
+    held: dict[str, Any] | None = None         # the latest transition the shelf kept back
+    shelf_cmd: dict[str, Any] | None = None    # the command that set the shelf (a repeat is a no-op)
 
     def empty(self) -> bool:
         return (self.maintenance_since is None and self.shelved_until is None and self.last_alert is None
-                and self.floor_ts is None)
+                and self.floor_ts is None and not self.unacked)
+
+    @property
+    def annunciated(self) -> str:
+        """The level consumers last heard of."""
+        return "ok" if self.last_alert is None else str(self.last_alert["level"])
 
 
 @dataclass
@@ -104,6 +114,7 @@ class Operations:
         self.events = EventLog(cfg.state.dir / "events.csv")
         self.now = -math.inf   # event-time watermark: the newest event time scored
         self.dirty: set[str] = set()
+        self.summary_due: set[str] = set()  # assets whose retained alarm summary is out of date
         self._seen: deque[tuple[str, float, str]] = deque(maxlen=_SEEN_EVENTS)
         self.refit = False
         self.drift_psi: dict[str, float] = {}
@@ -199,12 +210,16 @@ class Operations:
         st = self.assets.get(a.asset)
         if st is not None and st.maintenance_since is not None:
             self._suppress(a, "maintenance")
+            self.summary_due.add(a.asset)
             return  # out of service: neither annunciated nor held against the model
         raised = _RANK[a.level] > _RANK[a.previous]
         if raised and a.previous == "ok":
             self._hold("live", a.asset, a.doc["alert_id"], a.ts, float(a.doc["horizon_s"]))
         if st is not None and st.shelved_until is not None:
             self._suppress(a, "shelved")
+            st.held = a.doc  # returned to the operator when the shelf ends, if it still stands
+            self.dirty.add(a.asset)
+            self.summary_due.add(a.asset)
             return
         if raised:
             began = self.flood.alarm(a.ts)
@@ -219,13 +234,16 @@ class Operations:
             self._suppress(a, "flood")
             return
         a.doc["state"] = "unacknowledged"
-        self._asset(a.asset).last_alert = a.doc
+        st = self._asset(a.asset)
+        st.last_alert = a.doc
+        st.unacked = a.level != "ok" or st.unacked  # a return to normal leaves an unacked raise standing
         self.dirty.add(a.asset)
+        self.summary_due.add(a.asset)
         out.alerts.append(a)
 
     def _suppress(self, a: AlertOut, why: str) -> None:
         self.metrics.alerts_suppressed.labels(why).inc()
-        self.log.info("alert_suppressed", asset=a.asset, level=a.level, previous=a.previous, reason=why,
+        self.log.info("alert_suppressed", asset=a.asset, alert_level=a.level, previous=a.previous, reason=why,
                       alert_id=a.doc["alert_id"])
 
     def _flood_doc(self, change: FloodChange, ts: float) -> Outgoing:
@@ -245,10 +263,10 @@ class Operations:
             return out
         for asset, st in self.assets.items():
             if st.shelved_until is not None and st.shelved_until <= now:
-                until, st.shelved_until, st.shelved_by = st.shelved_until, None, ""
-                self.dirty.add(asset)
+                until = st.shelved_until
                 out.append(self._shelf_doc(asset, "expired", until, "agent"))
-                self.log.info("shelf_expired", asset=asset, level=self.level_of(asset))
+                out.extend(self._unshelve(asset, st, "shelf_expired"))
+                self.log.info("shelf_expired", asset=asset, asset_level=self.level_of(asset))
         ended = self.flood.tick(now)
         if ended is not None:
             out.append(self._flood_doc(ended, now))
@@ -263,7 +281,7 @@ class Operations:
         if self._ticks % DRIFT_EVERY_TICKS == 1:
             self._judge_drift()
         self._gauges()
-        return out
+        return out + self.summaries()
 
     def _judge_drift(self) -> None:
         """Per channel the worst asset's PSI; refit recommended once any asset drifts."""
@@ -321,16 +339,15 @@ class Operations:
                     self.log.warning("failure_missed", model=model, asset=ev.asset, ts=rfc3339_ms(ev.ts))
                 else:
                     self.metrics.lead_time.labels(model).observe(outcome.lead_time_s)
-                    self.metrics.true_alarms.labels(model).inc(outcome.confirmed)
+                    self.metrics.true_alarms.labels(model).inc()  # one failure, however many alerts
                     self.log.info("failure_warned", model=model, asset=ev.asset,
                                   lead_time_s=round(outcome.lead_time_s, 3))
         else:  # repair, maintenance_end: the machine starts a new life
             if ev.event == "maintenance_end":
                 st.maintenance_since = None
             for model, book in self.books.items():
-                n = book.repair(ev.asset, ev.ts)
-                if n:
-                    self.metrics.true_alarms.labels(model).inc(n)
+                if book.repair(ev.asset, ev.ts):
+                    self.metrics.true_alarms.labels(model).inc()
             st.floor_ts = max(ev.ts, st.floor_ts if st.floor_ts is not None else -math.inf)
             fx.resets.append((ev.asset, ev.ts))
             self.chatter.forget(ev.asset)
@@ -345,6 +362,9 @@ class Operations:
                 doc.pop("rul", None)  # the old machine's remaining life says nothing of the new one
                 st.last_alert = doc
                 fx.messages.append(Outgoing(f"{self.prefix}/alerts/{ev.asset}", doc, "ok"))
+            st.unacked, st.held = False, None  # a new life: the old machine's alarms are closed
+        self.summary_due.add(ev.asset)
+        fx.messages.extend(self.summaries())
         self._gauges()
         # Counted last: whoever sees the count finds the event's line on disk, its log line and
         # its effect on the books already there (tests and dashboards read them on the count).
@@ -363,42 +383,121 @@ class Operations:
             return "ignored", "asset not served by this agent", fx
         st = self._asset(cmd.asset)
         if cmd.name == "ack":
-            last = st.last_alert
-            if last is None:
-                return "rejected", "no alert to acknowledge", fx
-            want = cmd.args.get("alert_id")
-            if want is not None and want != last["alert_id"]:
-                return "rejected", "not the asset's latest alert", fx
-            if last.get("state") == "acknowledged":
-                return "noop", "already acknowledged", fx
-            doc = {**last, "state": "acknowledged", "acknowledged_by": cmd.sender,
-                   "acknowledged_at": rfc3339_ms(self.wall())}
-            st.last_alert = doc
-            self.dirty.add(cmd.asset)
-            fx.messages.append(Outgoing(f"{self.prefix}/alerts/{cmd.asset}", doc, doc["level"]))
-            return "ok", "", fx
+            return self._ack(cmd, st, fx)
         if cmd.name == "shelve":
-            base = self.now if self.now > -math.inf else self.wall()
-            until = float(cmd.args["until"]) if "until" in cmd.args else base + float(cmd.args["for_s"])
-            until = min(until, base + self.cfg.alarms.max_shelve_s)
-            if until <= base:
-                return "rejected", "until is not in the future (event time)", fx
-            if st.shelved_until == until:
-                return "noop", "already shelved until then", fx
-            st.shelved_until, st.shelved_by = until, cmd.sender
-            self.dirty.add(cmd.asset)
-            fx.messages.append(self._shelf_doc(cmd.asset, "shelved", until, cmd.sender,
-                                               str(cmd.args.get("reason", ""))))
-            self._gauges()
-            return "ok", "", fx
-        # unshelve
+            return self._shelve(cmd, st, fx)
         if st.shelved_until is None:
             return "noop", "not shelved", fx
-        until, st.shelved_until, st.shelved_by = st.shelved_until, None, ""
-        self.dirty.add(cmd.asset)
+        until = st.shelved_until
         fx.messages.append(self._shelf_doc(cmd.asset, "unshelved", until, cmd.sender))
+        fx.messages.extend(self._unshelve(cmd.asset, st, "unshelved"))
+        fx.messages.extend(self.summaries())
         self._gauges()
         return "ok", "", fx
+
+    def _ack(self, cmd: Command, st: AssetOps, fx: Effects) -> tuple[str, str, Effects]:
+        last = st.last_alert
+        if last is None:
+            return "rejected", "no alert to acknowledge", fx
+        want = cmd.args.get("alert_id")
+        if want is not None and want != last["alert_id"]:
+            return "rejected", "not the asset's latest alert", fx
+        if last.get("state") == "acknowledged":
+            return "noop", "already acknowledged", fx
+        doc = {**last, "state": "acknowledged", "acknowledged_by": cmd.sender,
+               "acknowledged_at": rfc3339_ms(self.wall())}
+        st.last_alert, st.unacked = doc, False
+        self.dirty.add(cmd.asset)
+        self.summary_due.add(cmd.asset)
+        fx.messages.append(Outgoing(f"{self.prefix}/alerts/{cmd.asset}", doc, doc["level"]))
+        fx.messages.extend(self.summaries())
+        return "ok", "", fx
+
+    def _shelve(self, cmd: Command, st: AssetOps, fx: Effects) -> tuple[str, str, Effects]:
+        asked = {**cmd.args, "by": cmd.sender}
+        if st.shelved_until is not None and st.shelf_cmd == asked:
+            return "noop", "already shelved by the same command", fx  # a resend, not a new shelf
+        base = self.now if self.now > -math.inf else self.wall()
+        until = float(cmd.args["until"]) if "until" in cmd.args else base + float(cmd.args["for_s"])
+        if until <= base:
+            return "rejected", "until is not in the future (event time)", fx
+        limit = self.cfg.alarms.max_shelve_s
+        if until - base > limit:
+            return "rejected", f"longer than [alarms] max_shelve_s ({limit:g} s)", fx
+        if st.shelved_until == until:
+            return "noop", "already shelved until then", fx
+        st.shelved_until, st.shelved_by, st.shelf_cmd = until, cmd.sender, asked
+        self.dirty.add(cmd.asset)
+        self.summary_due.add(cmd.asset)
+        fx.messages.append(self._shelf_doc(cmd.asset, "shelved", until, cmd.sender,
+                                           str(cmd.args.get("reason", ""))))
+        fx.messages.extend(self.summaries())
+        self._gauges()
+        return "ok", "", fx
+
+    def _unshelve(self, asset: str, st: AssetOps, why: str) -> list[Outgoing]:
+        """End a shelf; an alarm that changed behind it is returned to the operator (ISA-18.2)."""
+        held, st.held = st.held, None
+        st.shelved_until, st.shelved_by, st.shelf_cmd = None, "", None
+        self.dirty.add(asset)
+        self.summary_due.add(asset)
+        level, heard = self.level_of(asset), st.annunciated
+        if level == heard:
+            return []
+        ts = self.now if self.now > -math.inf else self.wall()
+        base = held if held is not None and held.get("level") == level else st.last_alert or {}
+        doc = {**base, "asset": asset, "ts": rfc3339_ms(ts), "level": level, "previous_level": heard,
+               "alert_id": alert_id(self.agent_id, asset, cell_of(ts, self.spec.period_s), level, heard),
+               "state": "unacknowledged", "reason": why, "agent_id": self.agent_id,
+               "emitted_at": rfc3339_ms(self.wall())}
+        for k in ("acknowledged_by", "acknowledged_at"):
+            doc.pop(k, None)
+        if level == "ok":
+            doc.update(risk=doc.get("risk", 0.0), top_channels=[])
+        st.last_alert = doc
+        st.unacked = level != "ok" or st.unacked
+        self.metrics.alerts.labels(level).inc()
+        self.log.info("alert_raised", asset=asset, alert_level=level, previous=heard, reason=why,
+                      alert_id=doc["alert_id"])
+        return [Outgoing(f"{self.prefix}/alerts/{asset}", doc, level)]
+
+    # -- the retained alarm summary ----------------------------------------------------------
+
+    def summary(self, asset: str) -> dict[str, Any] | None:
+        """The asset's standing alarm as the operator should see it (None: nothing stands).
+
+        An alarm stands while the asset is in maintenance (suppressed) or shelved, while the
+        level consumers last heard is not ok, or while a raise waits to be acknowledged.
+        """
+        st = self.assets.get(asset)
+        if st is None:
+            return None
+        if st.maintenance_since is not None:
+            state, level = "suppressed", self.level_of(asset)
+        elif st.shelved_until is not None:
+            state, level = "shelved", self.level_of(asset)
+        elif st.annunciated != "ok" or st.unacked:
+            state, level = ("unacknowledged" if st.unacked else "acknowledged"), st.annunciated
+        else:
+            return None
+        last = st.last_alert or {}
+        doc: dict[str, Any] = {
+            "asset": asset, "level": level, "state": state, "acknowledged": not st.unacked,
+            "alert_id": last.get("alert_id"), "ts": last.get("ts"), "risk": last.get("risk"),
+            "top_channels": last.get("top_channels", []), "agent_id": self.agent_id,
+            "emitted_at": rfc3339_ms(self.wall())}
+        if st.shelved_until is not None:
+            doc.update(shelved_until=rfc3339_ms(st.shelved_until), shelved_by=st.shelved_by)
+        if st.maintenance_since is not None:
+            doc["maintenance_since"] = rfc3339_ms(st.maintenance_since)
+        return doc
+
+    def summaries(self, every: bool = False) -> list[Outgoing]:
+        """Retained `{prefix}/alarms/active/{asset}` documents of the assets whose alarm state
+        changed (`every`: of all assets with state, after a reconnect); None clears one."""
+        assets = list(self.assets) if every else sorted(self.summary_due)
+        self.summary_due.clear()
+        return [Outgoing(f"{self.prefix}/alarms/active/{a}", self.summary(a), retain=True) for a in assets]
 
     # -- health ------------------------------------------------------------------------------
 
@@ -455,6 +554,7 @@ class Operations:
             rows[asset] = json.dumps({
                 "maintenance_since": st.maintenance_since, "shelved_until": st.shelved_until,
                 "shelved_by": st.shelved_by, "last_alert": st.last_alert, "floor_ts": st.floor_ts,
+                "unacked": st.unacked, "held": st.held, "shelf_cmd": st.shelf_cmd,
                 "live": live, "shadow": shadow})
         self.dirty = set()
         return rows
@@ -465,7 +565,8 @@ class Operations:
             try:
                 d = json.loads(text)
                 st = AssetOps(d.get("maintenance_since"), d.get("shelved_until"), d.get("shelved_by", ""),
-                              d.get("last_alert"), d.get("floor_ts"))
+                              d.get("last_alert"), d.get("floor_ts"), bool(d.get("unacked", False)),
+                              d.get("held"), d.get("shelf_cmd"))
                 self.books["live"].load(asset, d.get("live", []))
                 if "shadow" in self.books:
                     self.books["shadow"].load(asset, d.get("shadow", []))

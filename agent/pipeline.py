@@ -508,7 +508,7 @@ class Pipeline:
         return rfc3339_ms(self._event_time(end, newest_ts))
 
     def _risk_doc(self, asset: str, st: AssetState, end: int, newest_ts: float,
-                  signals: dict[str, float], rul: float | None = None) -> RiskOut:
+                  signals: dict[str, float | None], rul: float | None = None) -> RiskOut:
         doc = {"asset": asset, "ts": self._event_ts(end, newest_ts), "risk": round(st.risk, 6),
                "level": st.level.level.label, "stale": st.stale, "signals": signals,
                "model_version": self.spec.version}

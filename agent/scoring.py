@@ -42,14 +42,18 @@ class Scored:
     per_channel: FloatArray | None    # the stronger signal's smoothed per-channel values: the drivers
     rul_cells: float | None
     p_level: float | None = None
+    forecasts: bool = False           # the model forecasts: `surprise` is always in the signals
 
-    def signals(self) -> dict[str, float]:
-        """The risk message's `signals`, rounded as published."""
-        out: dict[str, float] = {}
+    def signals(self) -> dict[str, float | None]:
+        """The risk message's `signals`, rounded as published (`surprise` null while no earlier
+        forecast covers the window's newest cells: an asset's first window, after a gap)."""
+        out: dict[str, float | None] = {}
         if self.p_fail is not None:
             out["fail_prob"] = round(self.p_fail, 6)
         if self.p_surprise is not None:
             out["surprise"] = round(self.p_surprise, 6)
+        elif self.forecasts:
+            out["surprise"] = None
         if self.p_anomaly is not None:
             out["anomaly"] = round(self.p_anomaly, 6)
         if self.p_level is not None:
@@ -136,6 +140,7 @@ class Scorer:
         per_channel: list[FloatArray | None] = [None] * n
         p_surprise: list[float | None] = [None] * n
         stats = [self.stats_of(a) for a in assets]
+        forecasts = out.forecast_mean is not None and out.forecast_logvar is not None
         if out.forecast_mean is not None and out.forecast_logvar is not None:
             logvar = np.asarray(out.forecast_logvar, dtype=np.float32)
             fixed = [(st, rows) for st, rows in _groups(stats) if st.logvar is not None]
@@ -171,7 +176,7 @@ class Scorer:
         return [Scored(combine(p_fail[i], p_surprise[i], s.combiner, p_anomaly[i], p_level[i]), p_fail[i],
                        p_surprise[i], p_anomaly[i], _drivers(per_channel[i], p_surprise[i],
                                                              level_channels[i], p_level[i]),
-                       rul[i], p_level[i]) for i in range(n)]
+                       rul[i], p_level[i], forecasts) for i in range(n)]
 
 
 def _drivers(surprise: FloatArray | None, p_surprise: float | None, level: FloatArray | None,

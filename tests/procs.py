@@ -164,6 +164,8 @@ class Capture:
     client_id: str = field(default_factory=lambda: f"capture-{os.getpid()}-{free_port()}")
     persistent: bool = False  # a session that outlives disconnects and broker restarts
     messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
+    # (topic, MQTT 5 CorrelationData, payload) of every message that carried correlation data
+    correlations: list[tuple[str, bytes, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -178,8 +180,11 @@ class Capture:
         client.subscribe([(t, mqtt.SubscribeOptions(qos=1)) for t in self.topics])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
         with self._lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            if correlation is not None:
+                self.correlations.append((msg.topic, bytes(correlation), msg.payload))
 
     def start(self) -> Capture:
         props = None
@@ -202,8 +207,8 @@ class Capture:
         return [a["alert_id"] for a in self.json("vigil/alerts/")]
 
     def json(self, prefix: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t.startswith(prefix)]
+        with self._lock:  # an empty payload clears a retained message: not a document
+            return [json.loads(p) for t, p, _ in self.messages if t.startswith(prefix) and p]
 
 
 def logged(log_text: str, event: str) -> list[dict[str, Any]]:

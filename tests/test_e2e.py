@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker, free_port, wait_until
-from tests.procs import BIN, Capture, metric, running_agent, write_agent_config
+from tests.procs import BIN, Capture, logged, metric, running_agent, write_agent_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_failing_asset_alerts_healthy_ones_do_not(trained: Path, broker: Broker,
     port = free_port()
     config = write_agent_config(tmp_path / "agent.toml", broker_url=broker.url, model=trained,
                                 state=tmp_path / "state", http_port=port, client_id="gw-e2e")
-    capture = Capture(broker.port, ["vigil/alerts/#", "vigil/agents/#"]).start()
+    capture = Capture(broker.port, ["vigil/alerts/#", "vigil/agents/#", "vigil/risk/#"]).start()
     started = time.monotonic()
     with running_agent(config, port, tmp_path / "agent.log") as agent:
         agent.wait_ready()
@@ -45,7 +45,18 @@ def test_failing_asset_alerts_healthy_ones_do_not(trained: Path, broker: Broker,
                 sim.kill()
         text = agent.scrape()
         assert agent.terminate() == 0
+        log = agent.log()
     capture.stop()
+    # A clean stop is no warning; a lost broker would be.
+    assert [d["level"] for d in logged(log, "mqtt_disconnected")] in ([], ["info"])
+    # Every risk message has the fields the README lists, the first of each asset included;
+    # every scored one (not a stale notice) all its signals.
+    risks = capture.json("vigil/risk/")
+    assert {r["asset"] for r in risks} >= {FAILING, *HEALTHY}
+    for r in risks:
+        assert set(r) >= {"asset", "ts", "risk", "level", "stale", "signals", "model_version"}, r
+        assert r["stale"] or set(r["signals"]) >= {"fail_prob", "surprise"}, r
+    assert any(r["signals"]["surprise"] is not None for r in risks)
     alerts = capture.json("vigil/alerts/")
     first = next(a for a in alerts if a["asset"] == FAILING)
     assert first["previous_level"] == "ok"

@@ -45,7 +45,8 @@ def test_anomaly_signal_joins_the_risk(vae_model: tuple[Path, ModelSpec], tmp_pa
     h = Harness(config(tmp_path, path), load_model(path))
     doc = warm(h, "p1").risks[0].doc
     signals = doc["signals"]
-    assert set(signals) == {"fail_prob", "anomaly"}  # no surprise yet: one window, no earlier forecast
+    assert set(signals) == {"fail_prob", "anomaly", "surprise"}
+    assert signals["surprise"] is None  # one window: no earlier forecast to be surprised by
     x = np.full((1, WINDOW, len(CHANNELS)), 0.0)
     x[:] = (0.1, 0.2, 0.3)
     out = load_model(path).infer(spec.normalise(x))

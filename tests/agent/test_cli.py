@@ -28,6 +28,21 @@ class TestCheckConfig:
         assert out["publishes"]["alerts"] == "vigil/alerts/{asset}"
         assert out["agent_id"] == "gw-test"
 
+    def test_says_which_thresholds_are_in_force(self, config: Path) -> None:
+        """Without overrides the model's calibration is in force; a config's [model] warning
+        replaces it and says so; a critical below that warning is raised to it."""
+        out = json.loads(cli("vigil-agent", "check-config", str(config)).stdout)["thresholds_in_force"]
+        assert out["source"] == {"warning": "the model's calibration", "critical": "the model's calibration"}
+        assert (out["warning"], out["critical"]) == (out["model_calibrated"]["warning"],
+                                                     out["model_calibrated"]["critical"])
+        assert out["critical"] > out["warning"]
+        overrides = "[model]\nwarning = 0.97\ncritical = 0.9\n"
+        config.write_text(config.read_text().replace("[model]\n", overrides))
+        out = json.loads(cli("vigil-agent", "check-config", str(config)).stdout)["thresholds_in_force"]
+        assert (out["warning"], out["critical"]) == (0.97, 0.97)
+        assert out["source"] == {"warning": "[model] warning in the config",
+                                 "critical": "raised to the warning in force"}
+
     @pytest.mark.parametrize(("edit", "needle"), [
         (lambda t: t.replace('url = "mqtt', 'url = "http'), "broker.url"),
         (lambda t: t.replace("[outputs]", "[outputs]\ncolour = 1"), "outputs.colour: unknown key"),

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent import state
-from agent.alerts import alert_id, encode, rfc3339_ms
+from agent.alerts import alert_id, encode, encode_fast, rfc3339_ms
 from agent.config import (
     AgentConfig,
     BrokerConfig,
@@ -136,9 +136,11 @@ class TestScoring:
         assert out.risks[0].doc["ts"] == rfc3339_ms(T0 + WINDOW * PERIOD_S + 1.1)
 
     def test_surprise_signal_from_the_second_window(self, h: Harness) -> None:
-        """The surprise signal appears once a window follows a forecast within the horizon."""
+        """The surprise signal has a value once a window follows a forecast within the horizon;
+        before, the first window's message names it with null (every documented field is there)."""
         first = warm(h, "p1").risks[0].doc
-        assert "surprise" not in first["signals"]
+        assert first["signals"]["surprise"] is None
+        assert b'"surprise":null' in encode_fast(first)
         h.cell("p1", WINDOW)
         second = h.batch().risks[0].doc
         assert 0.0 <= second["signals"]["surprise"] <= 1.0

@@ -234,14 +234,16 @@ def test_shipped_broker_and_agent_configs_work_together(gateway_broker: GatewayB
 
 def test_acl_keeps_operations_topics_to_operators(gateway_broker: GatewayBroker) -> None:
     """Only operators may acknowledge and shelve, only the CMMS bridge may report events, only
-    engineers may promote a model; consumers and the agent itself may do none of it."""
+    engineers may promote a model; consumers and the agent itself may do none of it; only the
+    agent answers on the reply topics."""
     tool("mosquitto_passwd")
     port = gateway_broker.port
     allowed = {
         "vigil-operator": ["vigil/cmd/pump-1/ack", "vigil/cmd/pump-1/shelve", "vigil/cmd/pump-1/unshelve"],
         "cmms-bridge": ["vigil/events/pump-1"],
         "vigil-engineer": ["vigil/agents/gw-01/cmd/promote"],
-        "vigil-agent": ["vigil/alerts/pump-1", "vigil/alarms/flood", "vigil/agents/gw-01/health"],
+        "vigil-agent": ["vigil/alerts/pump-1", "vigil/alarms/flood", "vigil/alarms/active/pump-1",
+                        "vigil/agents/gw-01/health", "vigil/replies/vigil-operator/console"],
     }
     everything = [t for topics in allowed.values() for t in topics if not t.startswith("vigil/al")
                   and not t.endswith("/health")]

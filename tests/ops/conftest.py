@@ -98,11 +98,16 @@ class Ops:
         self.client.loop_stop()
         self.capture.stop()
 
-    def _pub(self, topic: str, doc: Any, sender: str | None = None) -> None:
+    def _pub(self, topic: str, doc: Any, sender: str | None = None, reply_to: str | None = None,
+             correlation: bytes | None = None) -> None:
         props = None
-        if sender is not None:
+        if sender is not None or reply_to is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if sender is not None:
             props.UserProperty = [("operator", sender)]
+        if reply_to is not None:
+            props.ResponseTopic = reply_to
+            props.CorrelationData = correlation or b""
         info = self.client.publish(topic, json.dumps(doc), qos=1, properties=props)
         info.wait_for_publish(10)
 
@@ -138,6 +143,29 @@ class Ops:
 
     def command(self, asset: str, name: str, doc: Any = None, sender: str = "alice") -> None:
         self._pub(f"{self.prefix}/cmd/{asset}/{name}", doc if doc is not None else {}, sender)
+
+    def request(self, topic: str, doc: Any, correlation: bytes, sender: str = "alice") -> dict[str, Any]:
+        """Publish a command or event with an MQTT 5 response topic; wait for the agent's reply."""
+        reply_to = f"{self.prefix}/replies/test"
+
+        def reply() -> dict[str, Any] | None:
+            with self.capture._lock:
+                got = [p for t, c, p in self.capture.correlations if t == reply_to and c == correlation]
+            return json.loads(got[-1]) if got else None
+        self._pub(topic, doc, sender, reply_to, correlation)
+        wait_until(lambda: reply() is not None, 10, what=f"reply to {topic}")
+        got = reply()
+        assert got is not None
+        return got
+
+    def standing(self, asset: str) -> dict[str, Any] | None:
+        """The latest retained alarm summary of `asset` seen (None: cleared or never sent)."""
+        topic = f"{self.prefix}/alarms/active/{asset}"
+        with self.capture._lock:
+            got = [p for t, p, _ in self.capture.messages if t == topic]
+        if not got:
+            return None
+        return json.loads(got[-1]) if got[-1] else None
 
     # -- what came out ---------------------------------------------------------------------------
 

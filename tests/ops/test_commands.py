@@ -63,8 +63,14 @@ def test_shelve_holds_alerts_until_it_expires(ops_factory: Any) -> None:
     wait_until(lambda: len(ops.capture.json(shelf_topic)) == 2, 10, what="expiry notice")
     expired = ops.capture.json(shelf_topic)[1]
     assert (expired["event"], expired["level"]) == ("expired", "critical")
+    # ISA-18.2: the critical that stood behind the shelf is returned to the operator.
+    wait_until(lambda: len(ops.alerts("pump-1")) == 1, 10, what="the alarm returned at expiry")
+    back = ops.alerts("pump-1")[0]
+    assert (back["level"], back["previous_level"], back["state"], back["reason"]) == (
+        "critical", "ok", "unacknowledged", "shelf_expired")
     ops.readings("pump-1", [0.1], start=7)
-    wait_until(lambda: [a["level"] for a in ops.alerts("pump-1")] == ["ok"], 10, what="alert after expiry")
+    wait_until(lambda: [a["level"] for a in ops.alerts("pump-1")] == ["critical", "ok"], 10,
+               what="alert after expiry")
 
     ops.command("pump-1", "shelve", {"for_s": 3600}, sender="carol")
     ops.command("pump-1", "unshelve", sender="dave")
@@ -73,7 +79,7 @@ def test_shelve_holds_alerts_until_it_expires(ops_factory: Any) -> None:
     wait_until(lambda: [m["event"] for m in ops.capture.json(shelf_topic)]
                == ["shelved", "expired", "shelved", "unshelved"], 10, what="shelf notices")
     ops.readings("pump-1", [0.9], start=8)
-    wait_until(lambda: [a["level"] for a in ops.alerts("pump-1")] == ["ok", "critical"], 10,
+    wait_until(lambda: [a["level"] for a in ops.alerts("pump-1")] == ["critical", "ok", "critical"], 10,
                what="alert after unshelve")
     assert ops.metric("vigil_commands_total", 'command="unshelve",result="ok"') == 1
 
