@@ -31,9 +31,11 @@ def say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def run(name: str, *args: str) -> None:
-    """Run a project command in the foreground, its progress shown as it goes."""
-    proc = subprocess.run([str(BIN / name), *args], check=False)
+def run(name: str, *args: str, quiet_stdout: bool = False) -> None:
+    """Run a project command in the foreground, its progress shown as it goes (`quiet_stdout`:
+    its result document is not shown; the demo says what matters in a line of its own)."""
+    proc = subprocess.run([str(BIN / name), *args], check=False,
+                          stdout=subprocess.DEVNULL if quiet_stdout else None)
     if proc.returncode != 0:
         raise SystemExit(f"[demo] {name} {args[0]} failed with exit code {proc.returncode}")
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         model = work / "models" / "pump.pt"
         run("vigil-train", "fit", "--history", str(work / "history.csv"),
             "--events", str(work / "events.csv"), "--epochs", "6", "--windows-per-epoch", "20000",
-            "--out", str(model))
+            "--out", str(model), quiet_stdout=True)
         say(model_summary(model))
 
         http_port = free_port()
