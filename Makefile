@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint mosquitto deploy-tools bench-real clean
+.PHONY: demo test lint mosquitto tmux deploy-tools bench-real clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ mosquitto:
 	  echo "installing mosquitto (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+
+# The operator view's end-to-end test runs `vigil-agent top` in a real terminal: tmux.
+tmux:
+	@command -v tmux >/dev/null || { \
+	  echo "installing tmux (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends tmux; }
 
 # What tests/deploy runs: prometheus + promtool, amtool, openssl, systemd-analyze (Debian packages).
 deploy-tools:
@@ -37,7 +44,7 @@ deploy-tools:
 demo: $(STAMP) mosquitto
 	$(BIN)/python -m sim.demo
 
-test: $(STAMP) mosquitto deploy-tools
+test: $(STAMP) mosquitto tmux deploy-tools
 	$(BIN)/pytest
 
 # Vigil on real sensor data (../shared/data) against two classic detectors (~5 minutes).

@@ -1,4 +1,4 @@
-"""`vigil-agent`: run the daemon, check a config file, or promote the shadow model.
+"""`vigil-agent`: run the daemon, check a config file, promote the shadow model, or watch the fleet.
 
 The daemon logs through structlog; the one-shot commands print their result on stdout.
 """
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="make the [model.shadow] model the live one (the running "
                                         "agent hot-swaps it)")
     pr.add_argument("--config", type=Path, required=True, help="agent TOML config")
+    from agent.top.app import add_parser as add_top
+    add_top(sub)
     return p
 
 
@@ -153,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "promote":
             return _promote(args.config)
+        if args.command == "top":
+            from agent.top.app import run as run_top
+            try:
+                return run_top(args)
+            except KeyboardInterrupt:
+                return 130
         return _run(args.config)
     except VigilError as exc:
         print(f"vigil-agent: error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, TLSConfig
 from agent.errors import BrokerError, ConfigError
 from agent.logs import RateLimited
 from agent.topics import Filter, first_match
@@ -306,8 +306,11 @@ def _packet_parts(parts: list[bytes], topic: str, payload: bytes, retain: bool, 
 
 
 def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:
+    return tls_context(cfg.broker.tls)
+
+
+def tls_context(t: TLSConfig) -> ssl.SSLContext:
     """Certificate chain and hostname verified by default; optional client certificate."""
-    t = cfg.broker.tls
     try:
         ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
         ctx.check_hostname = t.verify_hostname
