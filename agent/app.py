@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import math
 import os
 import threading
 import time
@@ -22,20 +24,24 @@ from agent.errors import ModelError
 from agent.events import PlantEvent, parse_event
 from agent.http import HealthServer
 from agent.ingest import Reason
+from agent.learning import RefitChild
 from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.mqtt import Control, Link, health_topic
 from agent.ops import Operations, Outgoing
 from agent.pipeline import BatchResult, Pipeline
+from agent.promotion import drop_shadow, install_guard, record_decision
 from agent.runtime import Expected, Runtime, load_runtime
 from agent.shadow import ShadowScorer, load_shadow, promote
 from agent.sparkplug.primary import PrimaryHost
 from agent.state import Checkpoint
+from agent.trial import Role, Trial, Verdict
 
 if TYPE_CHECKING:
     from agent.recorder import Recorder
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
+TRIAL_KEY = "trial"  # checkpoint blob: the shadow's trial (agent.trial), JSON
 CHECKPOINT_CHUNK = 128  # assets per checkpoint transaction (see Agent._save_some)
 # The drift histograms are checkpointed every this many rounds: losing a few minutes of a
 # day-long histogram in a crash costs nothing, writing them all every 10 s would.
@@ -159,12 +165,13 @@ class Agent:
         if shadow is not None:
             self.pipeline.shadow = ShadowScorer(shadow, cfg.windows.max_assets, cfg.model.sensitivity)
             self.metrics.shadow_info.labels(shadow.spec.version).set(1)
-            self.log.info("shadow_model_loaded", path=str(cfg.model.shadow.path if cfg.model.shadow else ""),
+            self.log.info("shadow_model_loaded", path=str(cfg.shadow_path),
                           version=shadow.spec.version)
         self.ops = Operations(cfg, runtime.spec, self.metrics, self.log, serves=self.pipeline.serves,
                               level_of=self._level_of)
         if shadow is not None:
             self.ops.enable_shadow(shadow.spec.horizon_s)
+            self.ops.start_trial("candidate", shadow.spec.version, shadow.spec.horizon_s)
         self.control: deque[Control] = deque()
         self._promote = threading.Event()
         self._promote_requests: deque[Control] = deque()  # promote commands awaiting their reply
@@ -193,6 +200,18 @@ class Agent:
         host, port = cfg.http.host_port
         self.http = HealthServer(host, port, self.registry, self.readiness)
         self.watcher = ModelWatcher(cfg.model.path, cfg.model.watch_interval_s)
+        # The learning loop: the shadow file (a refit's candidate, or the guard after a promotion),
+        # the refit child, and a trial's verdict for the watcher thread to act on.
+        self.shadow_watcher = ModelWatcher(cfg.shadow_path, cfg.model.watch_interval_s)
+        self._new_shadow: Runtime | None = None
+        self._drop_shadow = False
+        self._guard_version: str | None = None
+        self._verdict: Verdict | None = None
+        self.refit: RefitChild | None = None
+        self._refit_now = threading.Event()
+        self._refit_requests: deque[Control] = deque()
+        every = cfg.learn.refit_every
+        self._next_refit = time.monotonic() + every if every else math.inf
         self._stop = threading.Event()
         self._heartbeat = systemd.Heartbeat.from_env()
         self._ready_sent = False
@@ -277,6 +296,15 @@ class Agent:
         blob = self.checkpoint.load_blob(self.ops.drift_key)
         if blob is not None:
             self.log.info("drift_state_restored", assets=self.ops.restore_drift(blob))
+        trial = self.checkpoint.load_blob(TRIAL_KEY)
+        if trial and self.ops.trial is not None:
+            try:
+                saved = Trial.from_json(json.loads(trial))
+            except (ValueError, KeyError, TypeError) as exc:
+                self.log.warning("trial_state_skipped", error=str(exc))
+            else:
+                if saved.shadow_version == self.ops.trial.shadow_version:  # the same shadow: go on
+                    self.ops.trial = saved
         self._restore_windows()
         for asset, st in self.ops.assets.items():
             if st.floor_ts is not None:
@@ -325,10 +353,15 @@ class Agent:
         """Start a round: every asset changed since the last round is written, a chunk at a time;
         the drift histograms (one blob for every asset) every DRIFT_ROUNDS rounds and at stop."""
         self._save_ops()
+        trial = self.ops.trial
+        try:
+            self.checkpoint.save_blob(TRIAL_KEY, json.dumps(trial.to_json()).encode() if trial else b"")
+        except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
+            self.log.error("checkpoint_failed", error=str(exc), part="trial")
         self._rounds += 1
         if drift or self._rounds % DRIFT_ROUNDS == 0:
             try:
-                self.checkpoint.save_blob(self.ops.drift_key, self.ops.dump_drift())
+                self.checkpoint.save_blob(self.ops.drift_key, self.ops.dump_drift(), family="drift:")
             except Exception as exc:  # sqlite3 or OS errors: keep serving, say so loudly
                 self.log.error("checkpoint_failed", error=str(exc), part="drift")
         self._saving = list(dict.fromkeys([*self._saving, *self.pipeline.dirty]))
@@ -436,6 +469,7 @@ class Agent:
                 self.metrics.assets_stale.set(self.pipeline.n_stale)
                 self.metrics.assets_learning.set(self.pipeline.n_learning)
                 self._send(self.ops.tick())
+                self._take_verdict()
                 self._publish_health(now)
                 if self.recorder is not None:
                     self.recorder.tick()
@@ -551,7 +585,12 @@ class Agent:
                     self._promote_requests.append(msg)
                     self._promote.set()
                     self.watcher.poke.set()
-                else:  # counted after the log line, which a count's reader may look for
+                elif fx.refit:
+                    result, why = self._request_refit(msg)
+                    self.metrics.commands.labels("refit", result).inc()
+                    if result != "ok":
+                        self._reply(msg, {"command": "refit", "asset": None, "result": result, "reason": why})
+                if not fx.promote and not fx.refit:  # counted after the log line its reader looks for
                     self.metrics.commands.labels(cmd.name, result).inc()
                     self._reply(msg, {"command": cmd.name, "asset": cmd.asset, "result": result,
                                       "reason": why})
@@ -566,6 +605,19 @@ class Agent:
                 self._save_now({a for a, _ in fx.resets})
         self._save_ops()
         self._publish_health(time.monotonic(), force=False)
+
+    def _request_refit(self, msg: Control) -> tuple[str, str]:
+        """The refit command (worker thread): the recording so far is sealed for the refit to read;
+        the reply comes when the refit has ended."""
+        if self.recorder is None:
+            return "rejected", "recording is off ([record] enabled = false): nothing to refit from"
+        if self.refit is not None or self._refit_now.is_set():
+            return "noop", "a refit is running"
+        self.recorder.seal()
+        self._refit_requests.append(msg)
+        self._refit_now.set()
+        self.watcher.poke.set()
+        return "ok", ""
 
     def _event_time_rule(self, ev: PlantEvent) -> PlantEvent | str:
         """Events obey the readings' time bounds (a floor, a maximum skew into the future)."""
@@ -638,34 +690,169 @@ class Agent:
     def _watch(self) -> None:
         interval = self.watcher.interval_s or 3600.0
         while not self._stop.is_set():
-            self.watcher.poke.wait(interval)
+            self.watcher.poke.wait(interval if self.refit is None else min(interval, 1.0))
             forced = self.watcher.poke.is_set()
             self.watcher.poke.clear()
             if self._stop.is_set():
+                if self.refit is not None:
+                    self.refit.stop()  # what it wrote is temporary until renamed: nothing half-done stays
                 return
-            if self._promote.is_set():
-                self._promote.clear()
-                self._promote_shadow()
-            if self.watcher.changed() or forced:
-                self._check_new_model()
+            try:
+                self._watch_once(forced)
+            except Exception:  # a bug here must not end hot-swaps and refits for good: say it, go on
+                self.log.exception("model_watch_failed")
 
-    def _promote_shadow(self) -> None:
-        """The promote command: the shadow file replaces the live one, then the hot-swap takes it."""
+    def _watch_once(self, forced: bool) -> None:
+        if self._promote.is_set():
+            self._promote.clear()
+            self._promote_shadow("operator")
+        verdict, self._verdict = self._verdict, None
+        if verdict is not None:
+            self._act_on(verdict)
+        if self.watcher.changed() or forced:
+            self._check_new_model()
+        if self.shadow_watcher.changed() or forced:
+            self._check_new_shadow()
+        self._step_refit()
+
+    def _promote_shadow(self, reason: str) -> None:
+        """The shadow file replaces the live one, then the hot-swap takes it; the model it replaced
+        becomes the shadow (the guard), so that a promotion that does worse is rolled back."""
         requests = [self._promote_requests.popleft() for _ in range(len(self._promote_requests))]
+        previous = self.pipeline.spec.version
         try:
             rt = promote(self.cfg)
         except (ModelError, OSError) as exc:
-            self.metrics.commands.labels("promote", "rejected").inc()
-            self.log.error("promote_failed", reason=str(exc))
+            if reason == "operator":
+                self.metrics.commands.labels("promote", "rejected").inc()
+            self.log.error("promote_failed", reason=str(exc), by=reason)
             for r in requests:
                 self._reply(r, {"command": "promote", "asset": None, "result": "rejected",
                                 "reason": str(exc)})
             return
-        self.metrics.commands.labels("promote", "ok").inc()
-        self.log.info("shadow_promoted", version=rt.spec.version, path=str(self.cfg.model.path))
+        if reason == "operator":
+            self.metrics.commands.labels("promote", "ok").inc()
+        self.metrics.promotions.labels(reason).inc()
+        guarded = install_guard(self.cfg)
+        if guarded:
+            self._guard_version = previous
+        record_decision(self.cfg, "promotion", reason=reason, version=rt.spec.version, previous=previous,
+                        guard=guarded)
+        self.log.info("shadow_promoted", version=rt.spec.version, previous=previous, by=reason,
+                      path=str(self.cfg.model.path))
         for r in requests:
             self._reply(r, {"command": "promote", "asset": None, "result": "ok", "reason": "",
                             "version": rt.spec.version})
+
+    # -- the learning loop: trials, refits ----------------------------------------------------------
+
+    def _take_verdict(self) -> None:
+        """A finished trial (worker thread): the watcher thread acts on it with the model files."""
+        v = self.ops.verdict
+        if v is None or self._verdict is not None:
+            return
+        trial = self.ops.trial
+        self.ops.end_trial()
+        self.metrics.trial_seconds.set(0)
+        if v.action == "promote" and not self.cfg.learn.auto_promote:
+            record_decision(self.cfg, "trial", result="ready", reason=v.reason,
+                            shadow=trial.shadow_version if trial else None)
+            self.log.info("shadow_ready_for_promotion", reason=v.reason)
+            return
+        self._verdict = v
+        self.watcher.poke.set()
+
+    def _act_on(self, v: Verdict) -> None:
+        """Promote, drop, roll back or keep, as the trial's verdict says (watcher thread)."""
+        sh = self.pipeline.shadow
+        version = sh.spec.version if sh is not None else ""
+        tallies = {"live": vars(v.live), "shadow": vars(v.shadow)}
+        if v.action == "promote":
+            record_decision(self.cfg, "trial", result="promote", reason=v.reason, shadow=version,
+                            tallies=tallies)
+            self._promote_shadow("trial")
+            return
+        if v.action == "rollback":
+            bad = self.pipeline.spec.version
+            try:
+                rt = promote(self.cfg)
+            except (ModelError, OSError) as exc:
+                self.log.error("rollback_failed", reason=str(exc))
+                return
+            self.metrics.rollbacks.inc()
+            record_decision(self.cfg, "rollback", reason=v.reason, version=rt.spec.version, replaced=bad,
+                            tallies=tallies)
+            self.log.warning("model_rolled_back", version=rt.spec.version, replaced=bad, reason=v.reason)
+        elif v.action == "drop":
+            self.metrics.candidates.labels("dropped").inc()
+            record_decision(self.cfg, "trial", result="dropped", reason=v.reason, shadow=version,
+                            tallies=tallies)
+            self.log.warning("shadow_dropped", version=version, reason=v.reason)
+        else:
+            record_decision(self.cfg, "trial", result="kept", reason=v.reason, guard=version, tallies=tallies)
+            self.log.info("promotion_confirmed", version=self.pipeline.spec.version, reason=v.reason)
+        moved = drop_shadow(self.cfg, version)
+        self.shadow_watcher.changed()  # the file is gone: nothing new to load
+        with self._swap_lock:
+            self._drop_shadow = True
+        if moved is not None:
+            self.log.info("shadow_file_moved", to=str(moved))
+
+    def _check_new_shadow(self) -> None:
+        """A new shadow file (a refit's candidate, or the guard): checked, then swapped in."""
+        if not self.cfg.shadow_path.exists():
+            return
+        try:
+            rt = load_shadow(self.cfg, self.pipeline.runtime)
+        except ModelError as exc:
+            self.log.error("shadow_model_rejected", reason=str(exc), path=str(self.cfg.shadow_path))
+            return
+        sh = self.pipeline.shadow
+        if rt is None or (sh is not None and sh.spec.version == rt.spec.version):
+            return
+        with self._swap_lock:
+            self._new_shadow = rt
+
+    def _step_refit(self) -> None:
+        """Start a refit when one is due; when it ends, count and say what became of it."""
+        if self.refit is not None:
+            got = self.refit.result()
+            if got is None:
+                return
+            self.refit = None
+            self.metrics.refit_running.set(0)
+            result = got.result if got.result in ("accepted", "refused", "failed") else "failed"
+            self.metrics.candidates.labels(result).inc()
+            (self.log.info if result == "accepted" else self.log.warning)(
+                "refit_finished", result=result, reason=got.reason, wall_s=round(got.wall_s, 1),
+                log=str(self.refit_log))
+            for r in [self._refit_requests.popleft() for _ in range(len(self._refit_requests))]:
+                self._reply(r, {"command": "refit", "asset": None, "result": "ok" if result == "accepted"
+                                else "rejected", "reason": f"candidate {result}: {got.reason}"})
+            if result == "accepted":
+                self._check_new_shadow()
+            return
+        if not (self._refit_now.is_set() or time.monotonic() >= self._next_refit):
+            return
+        self._refit_now.clear()
+        every = self.cfg.learn.refit_every
+        self._next_refit = time.monotonic() + every if every else math.inf
+        if self.recorder is not None:
+            self.recorder.settle(5.0)  # the worker sealed its buffer: the refit reads it all
+        self.refit = RefitChild(self.cfg, first=False)
+        try:
+            self.refit.start()
+        except OSError as exc:
+            self.refit = None
+            self.metrics.candidates.labels("failed").inc()
+            self.log.error("refit_failed", reason=str(exc))
+            return
+        self.metrics.refit_running.set(1)
+        self.log.info("refit_started", command=" ".join(self.refit.cmd))
+
+    @property
+    def refit_log(self) -> Path:
+        return self.cfg.models_dir / "refit.log"
 
     def _check_new_model(self) -> None:
         current = self.pipeline.spec
@@ -682,8 +869,27 @@ class Agent:
     def _maybe_swap(self) -> None:
         with self._swap_lock:
             rt, self._new_model = self._new_model, None
-        if rt is None:
-            return
+            sh, self._new_shadow = self._new_shadow, None
+            drop, self._drop_shadow = self._drop_shadow, False
+        if rt is not None:
+            self._swap_live(rt)
+        if drop and self.pipeline.shadow is not None:
+            self.pipeline.shadow = None
+            self.metrics.shadow_info.clear()
+            self.ops.end_trial()
+        if sh is not None:
+            self._swap_shadow(sh)
+
+    def _swap_shadow(self, rt: Runtime) -> None:
+        """A new shadow model, its trial beginning: the guard after a promotion, else a candidate."""
+        self.pipeline.shadow = ShadowScorer(rt, self.cfg.windows.max_assets, self.cfg.model.sensitivity)
+        self.metrics.shadow_info.clear()
+        self.metrics.shadow_info.labels(rt.spec.version).set(1)
+        role: Role = "guard" if rt.spec.version == self._guard_version else "candidate"
+        self.ops.start_trial(role, rt.spec.version, rt.spec.horizon_s)
+        self.log.info("shadow_model_loaded", version=rt.spec.version, role=role, trial_s=self.cfg.learn.trial)
+
+    def _swap_live(self, rt: Runtime) -> None:
         old = self.pipeline.spec.version
         kept = self.pipeline.swap_model(rt)
         self.ops.set_model(rt.spec)

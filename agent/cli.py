@@ -95,8 +95,8 @@ def check_config(path: Path) -> dict[str, Any]:
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},
         "thresholds_in_force": thresholds_in_force(cfg, rt.spec),
-        **({"shadow_model": {"path": str(cfg.model.shadow.path), **spec_summary(shadow.spec)}}
-           if shadow is not None and cfg.model.shadow is not None else {}),
+        **({"shadow_model": {"path": str(cfg.shadow_path), **spec_summary(shadow.spec)}}
+           if shadow is not None else {}),
         **({"records": {"dir": str(cfg.record_dir), "max_bytes": cfg.record.max_bytes}}
            if cfg.record.enabled else {}),
         "publishes": {
@@ -121,7 +121,7 @@ def _promote(path: Path) -> int:
 
     cfg = load_config(path)
     rt = promote(cfg)
-    print(f"promoted {cfg.model.shadow.path if cfg.model.shadow else ''} (version {rt.spec.version}) "
+    print(f"promoted {cfg.shadow_path} (version {rt.spec.version}) "
           f"to {cfg.model.path}; the previous file is {cfg.model.path}.previous")
     return 0
 
@@ -133,6 +133,16 @@ def _run(path: Path) -> int:
 
     cfg = load_config(path)
     logs.configure(cfg.log.level, cfg.log.format)
+    if not cfg.model.path.exists():  # learning mode: record, then fit the first model
+        from agent.learning import Learner
+
+        learner = Learner(cfg)
+        signal.signal(signal.SIGTERM, lambda s, f: learner.stop())
+        signal.signal(signal.SIGINT, lambda s, f: learner.stop())
+        if not learner.run():
+            return 0
+        # A gateway that learnt its machines keeps recording them: the refits read it.
+        cfg = cfg.model_copy(update={"record": cfg.record.model_copy(update={"enabled": True})})
     agent = Agent(cfg)
 
     def on_stop(signum: int, frame: FrameType | None) -> None:

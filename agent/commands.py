@@ -1,9 +1,10 @@
-"""Operator commands: acknowledge and shelve alarms per asset, promote the shadow model.
+"""Operator commands: acknowledge and shelve alarms per asset; promote the shadow model, refit.
 
 Topics: `{prefix}/cmd/{asset}/ack` (`{"alert_id"?}`), `{prefix}/cmd/{asset}/shelve`
 (`{"for_s": n}` or `{"until": ts}`), `{prefix}/cmd/{asset}/unshelve`, and
-`{prefix}/agents/{agent_id}/cmd/promote`. Who sent a command is what the broker tells: the
-MQTT 5 user properties of the message (`operator`, `user`, `client_id`...), if any.
+`{prefix}/agents/{agent_id}/cmd/promote` and `.../cmd/refit` (train a candidate now). Who sent a
+command is what the broker tells: the MQTT 5 user properties of the message (`operator`, `user`,
+`client_id`...), if any.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from agent.ingest import loads, parse_ts
 from agent.names import valid_name
 
 ASSET_COMMANDS = ("ack", "shelve", "unshelve")
+AGENT_COMMANDS = ("promote", "refit")
 _SENDER_KEYS = ("operator", "user", "username", "client_id", "clientid", "sender")
 
 
@@ -40,8 +42,9 @@ def sender_of(user_properties: list[tuple[str, str]] | None) -> str:
 def parse_command(prefix: str, agent_id: str, topic: str, payload: bytes,
                   sender: str = "unknown") -> Command | str:
     """The command in a message, or a one-line reason why it is not one."""
-    if topic == f"{prefix}/agents/{agent_id}/cmd/promote":
-        return Command("promote", "", {}, sender)
+    for name in AGENT_COMMANDS:
+        if topic == f"{prefix}/agents/{agent_id}/cmd/{name}":
+            return Command(name, "", {}, sender)
     rest = topic.removeprefix(f"{prefix}/cmd/")
     asset, _, name = rest.rpartition("/")
     if rest == topic or name not in ASSET_COMMANDS or not valid_name(asset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -10,12 +11,41 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 from agent.names import BrokerURL, valid_name
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_HELP = 'seconds (a number) or a number with a unit s, m, h or d, e.g. "90s", "30m", "12h", "3d"'
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a duration: a number of seconds, or a string with a unit ("90s", "30m", "12h",
+    "3d"). Raises ValueError with the accepted forms for anything else, negative or not finite."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration: use {DURATION_HELP}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a duration: it must be finite and not negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A config duration in seconds, written as a number of seconds or a string with a unit."""
 
 
 class _Strict(BaseModel):
@@ -336,6 +366,26 @@ class RecordConfig(_Strict):
     rotate_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class LearnConfig(_Strict):
+    """`[learn]`: the gateway learns its own machines (see agent.learning and agent.trial).
+
+    Without a model file the agent records and fits its first model once `min_history` of event
+    time is recorded; then it refits every `refit_every` (0: only when told), judges each
+    candidate against the live model before it becomes the shadow, and promotes a shadow that
+    did at least as well over `trial` of event time; a promoted model that then does worse than
+    the one it replaced is rolled back after a second `trial`.
+    """
+
+    min_history: Duration = 3 * 86400.0
+    refit_every: Duration = 0.0
+    trial: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
+    auto_promote: bool = True
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    nice: Annotated[int, Field(ge=0, le=19)] = 19
+    # Extra `vigil-train fit` options for the fits the agent runs, e.g. {epochs = 10}.
+    fit_options: dict[str, str | int | float | bool] = {}
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -355,11 +405,22 @@ class AgentConfig(_Strict):
     alarms: AlarmsConfig = AlarmsConfig()
     drift: DriftConfig = DriftConfig()
     record: RecordConfig = RecordConfig()
+    learn: LearnConfig = LearnConfig()
     log: LogConfig = LogConfig()
 
     @property
     def resolved_agent_id(self) -> str:
         return self.agent_id or self.broker.client_id
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the learning loop keeps candidates, the shadow, reports and its decisions."""
+        return self.state.dir / "models"
+
+    @property
+    def shadow_path(self) -> Path:
+        """The shadow model file: `[model.shadow] path`, else the learning loop's own."""
+        return self.model.shadow.path if self.model.shadow is not None else self.models_dir / "shadow.pt"
 
     @property
     def record_dir(self) -> Path:

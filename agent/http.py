@@ -15,7 +15,8 @@ class HealthServer:
     """Serves the three endpoints on a background thread; port 0 picks a free port."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 readiness: Callable[[], dict[str, bool]]) -> None:
+                 readiness: Callable[[], dict[str, bool]],
+                 detail: Callable[[], dict[str, Any]] | None = None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,7 +29,8 @@ class HealthServer:
                 elif path == "/readyz":
                     checks = readiness()
                     ok = all(checks.values())
-                    body = json.dumps({"ready": ok, "checks": checks}).encode() + b"\n"
+                    doc = {"ready": ok, "checks": checks, **(detail() if detail is not None else {})}
+                    body = json.dumps(doc).encode() + b"\n"
                     outer._send(self, 200 if ok else 503, body, "application/json")
                 else:
                     outer._send(self, 404, b"not found\n", "text/plain")

@@ -15,7 +15,11 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LEAD_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 86400.0,
                  2 * 86400.0, 4 * 86400.0, 7 * 86400.0, 14 * 86400.0)
 EVENT_KINDS = ("maintenance_start", "maintenance_end", "failure", "repair")
-COMMANDS = ("ack", "shelve", "unshelve", "promote")
+COMMANDS = ("ack", "shelve", "unshelve", "promote", "refit")
+# What became of a candidate model: judged before it served (accepted as the shadow, refused,
+# failed to train), then on trial beside the live model (dropped: did worse).
+CANDIDATE_RESULTS = ("accepted", "refused", "failed", "dropped")
+PROMOTED_BY = ("trial", "operator")
 COMMAND_RESULTS = ("ok", "noop", "rejected")
 MODELS = ("live", "shadow")
 SUPPRESSED_BY = ("maintenance", "shelved", "flood")
@@ -147,6 +151,25 @@ class Metrics:
                                 "alert horizons run on.", registry=r)
         self.shadow_info = Gauge("vigil_shadow_model_info", "The shadow model scored beside the live one.",
                                  ["version"], registry=r)
+        self._learning(r)
+
+    def _learning(self, r: CollectorRegistry) -> None:
+        """The learning loop: refits, candidates, trials, promotions and rollbacks (agent.trial)."""
+        self.candidates = Counter("vigil_model_candidates", "Candidate models by what became of them.",
+                                  ["result"], registry=r)
+        for res in CANDIDATE_RESULTS:
+            self.candidates.labels(res)
+        self.promotions = Counter("vigil_model_promotions", "Shadow models promoted to live, by why.",
+                                  ["reason"], registry=r)
+        for why in PROMOTED_BY:
+            self.promotions.labels(why)
+        self.rollbacks = Counter("vigil_model_rollbacks",
+                                 "Promoted models replaced again by the model they replaced (did worse).",
+                                 registry=r)
+        self.refit_running = Gauge("vigil_refit_running", "1 while a refit runs in its child process.",
+                                   registry=r)
+        self.trial_seconds = Gauge("vigil_model_trial_seconds",
+                                   "Event time the shadow model has been on trial (0: none).", registry=r)
 
     def _recording(self, r: CollectorRegistry) -> None:
         """`[record]`: accepted readings into Parquet files for the next refit (agent.recorder)."""

@@ -266,10 +266,11 @@ class Link:
         queue(PUBLISH, b"".join(parts), BATCH_MID, 0, mqtt.MQTTMessageInfo(BATCH_MID))
         return len(messages)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Publish the retained `offline` status ourselves, then disconnect cleanly."""
+    def stop(self, timeout: float = 2.0, offline: bool = True) -> None:
+        """Publish the retained `offline` status ourselves (unless another link of this agent
+        takes over at once: learning hands over to serving), then disconnect cleanly."""
         self._stopping = True
-        if self.connected.is_set():
+        if offline and self.connected.is_set():
             info = self.client.publish(status_topic(self.cfg), b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)

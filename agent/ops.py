@@ -31,6 +31,7 @@ from agent.events import EventLog, PlantEvent
 from agent.metrics import Metrics
 from agent.pipeline import AlertOut, BatchResult
 from agent.spec import ModelSpec
+from agent.trial import Role, Trial, Verdict
 from agent.windows import cell_of
 
 _RANK = {"ok": 0, "warning": 1, "critical": 2}
@@ -86,6 +87,7 @@ class Effects:
     messages: list[Outgoing] = field(default_factory=list)
     resets: list[tuple[str, float]] = field(default_factory=list)
     promote: bool = False
+    refit: bool = False
 
 
 # Drift is judged every this many ticks (seconds): it reads every asset's histograms.
@@ -121,12 +123,29 @@ class Operations:
         self.drifting: list[tuple[str, float]] = []
         self._ticks = 0
         self.shadow_horizon_s = 0.0
+        self.trial: Trial | None = None
+        self.verdict: Verdict | None = None  # a finished trial, for the agent to act on
         self.set_model(spec)
 
     def enable_shadow(self, horizon_s: float) -> None:
         """Keep the same books for a shadow model, whose alerts have this horizon."""
         self.shadow_horizon_s = horizon_s
         self.books.setdefault("shadow", LeadTimeBook(self.cfg.alarms.report_grace_s))
+
+    def start_trial(self, role: Role, shadow_version: str, horizon_s: float) -> None:
+        """A new shadow model: fresh books for it, and its trial from the next scored window."""
+        self.shadow_horizon_s = horizon_s
+        self.books["shadow"] = LeadTimeBook(self.cfg.alarms.report_grace_s)
+        self.trial = Trial(role, shadow_version, self.spec.version, None)
+        self.verdict = None
+
+    def end_trial(self) -> None:
+        """The shadow is gone (promoted, dropped or restored): nothing more to judge."""
+        self.books.pop("shadow", None)
+        self.trial, self.verdict = None, None
+
+    def _tally(self, model: str) -> Any:
+        return None if self.trial is None else self.trial.tallies.get(model)
 
     # -- model -------------------------------------------------------------------------------
 
@@ -174,6 +193,8 @@ class Operations:
     def on_batch(self, result: BatchResult) -> Decided:
         """Which of a batch's alerts go out; the risk docs get the asset's operating state."""
         out = Decided()
+        if self.trial is not None and self.trial.started is None and result.risks:
+            self.trial.started = min((r.ts for r in result.risks if r.ts == r.ts), default=None)
         for r in result.risks:
             if r.ts == r.ts:
                 self.now = max(self.now, r.ts)
@@ -277,6 +298,9 @@ class Operations:
             for asset, r in book.expire(now):
                 self._false_alarm(model, asset, r)
         self.metrics.event_time.set(now)
+        if self.trial is not None and self.verdict is None:
+            self.verdict = self.trial.verdict(now, self.cfg.learn.trial)
+            self.metrics.trial_seconds.set(now - (self.trial.started or now))
         self._ticks += 1
         if self._ticks % DRIFT_EVERY_TICKS == 1:
             self._judge_drift()
@@ -299,6 +323,8 @@ class Operations:
 
     def _false_alarm(self, model: str, asset: str, r: Raised) -> None:
         self.metrics.false_alarms.labels(model).inc()
+        if (t := self._tally(model)) is not None:
+            t.false_alarms += 1
         self.dirty.add(asset)
         self.log.info("false_alarm", model=model, asset=asset, alert_id=r.alert_id, alert_ts=rfc3339_ms(r.ts),
                       horizon_s=r.horizon_s)
@@ -334,12 +360,18 @@ class Operations:
         elif ev.event == "failure":
             for model, book in self.books.items():
                 outcome = book.failure(ev.asset, ev.ts)
+                t = self._tally(model)
                 if outcome.lead_time_s is None:
                     self.metrics.failures_missed.labels(model).inc()
+                    if t is not None:
+                        t.missed += 1
                     self.log.warning("failure_missed", model=model, asset=ev.asset, ts=rfc3339_ms(ev.ts))
                 else:
                     self.metrics.lead_time.labels(model).observe(outcome.lead_time_s)
                     self.metrics.true_alarms.labels(model).inc()  # one failure, however many alerts
+                    if t is not None:
+                        t.true_alarms += 1
+                        t.lead(outcome.lead_time_s)
                     self.log.info("failure_warned", model=model, asset=ev.asset,
                                   lead_time_s=round(outcome.lead_time_s, 3))
         else:  # repair, maintenance_end: the machine starts a new life
@@ -348,6 +380,8 @@ class Operations:
             for model, book in self.books.items():
                 if book.repair(ev.asset, ev.ts):
                     self.metrics.true_alarms.labels(model).inc()
+                    if (t := self._tally(model)) is not None:
+                        t.true_alarms += 1
             st.floor_ts = max(ev.ts, st.floor_ts if st.floor_ts is not None else -math.inf)
             fx.resets.append((ev.asset, ev.ts))
             self.chatter.forget(ev.asset)
@@ -376,8 +410,8 @@ class Operations:
     def command(self, cmd: Command) -> tuple[str, str, Effects]:
         """Apply a command; returns (result: ok|noop|rejected|ignored, why, effects). Idempotent."""
         fx = Effects()
-        if cmd.name == "promote":
-            fx.promote = True
+        if cmd.name in ("promote", "refit"):
+            fx.promote, fx.refit = cmd.name == "promote", cmd.name == "refit"
             return "ok", "", fx
         if not self._takes(cmd.asset):
             return "ignored", "asset not served by this agent", fx
@@ -516,6 +550,13 @@ class Operations:
             "drift_psi": {k: round(v, 4) for k, v in self.drift_psi.items()},
             "drifting_assets": dict(self.drifting),
             "psi_threshold": self.cfg.drift.psi_threshold,
+            "mode": "serving", "model_version": self.spec.version,
+            "trial": None if self.trial is None else {
+                "role": self.trial.role, "shadow_version": self.trial.shadow_version,
+                "started": None if self.trial.started is None else rfc3339_ms(self.trial.started),
+                "length_s": self.cfg.learn.trial,
+                "tallies": {k: {"false_alarms": t.false_alarms, "missed": t.missed,
+                                "true_alarms": t.true_alarms} for k, t in self.trial.tallies.items()}},
         }
 
     # -- checkpoint --------------------------------------------------------------------------

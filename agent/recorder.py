@@ -144,6 +144,17 @@ class Recorder:
         elif now - self._buf.opened >= self.rotate_s:
             self._seal()
 
+    def seal(self) -> None:
+        """Hand what is buffered to the writer now (a refit is about to read the recording)."""
+        self._seal()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the writer has written every sealed buffer (any thread); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
     def _seal(self) -> None:
         b, self._buf = self._buf, Buffer(self._channels, self._wall())
         if not b.rows:
@@ -201,12 +212,15 @@ class Recorder:
         while True:
             b = self._queue.get()
             if b is None:
+                self._queue.task_done()
                 return
             try:
                 self._write(b)
             except Exception:  # a bug here must cost recordings, never the agent
                 self.metrics.record_dropped.labels("write_error").inc(b.rows)
                 self.log.exception("recording_write_failed", readings=b.rows)
+            finally:
+                self._queue.task_done()
 
     def _scan(self) -> None:
         """Take stock of the files already there; remove temporary files a crash left."""

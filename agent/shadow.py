@@ -114,13 +114,15 @@ class ShadowScorer:
 
 
 def load_shadow(cfg: AgentConfig, live: Runtime) -> Runtime | None:
-    """The `[model.shadow]` model, checked to read what the live model reads; None if unset."""
-    if cfg.model.shadow is None:
+    """The shadow model, checked to read what the live model reads: `[model.shadow] path`, or
+    the learning loop's `models/shadow.pt` in the state directory when there is one; else None."""
+    path = cfg.shadow_path
+    if cfg.model.shadow is None and not path.exists():
         return None
-    model = cfg.model.model_copy(update={"path": cfg.model.shadow.path, "sha256": None})
+    model = cfg.model.model_copy(update={"path": path, "sha256": None})
     rt = load_runtime(model, Expected(channels=live.spec.channels, period_s=live.spec.period_s))
     if rt.spec.window != live.spec.window:
-        raise ModelError(f"shadow model {cfg.model.shadow.path}: window {rt.spec.window} differs "
+        raise ModelError(f"shadow model {path}: window {rt.spec.window} differs "
                          f"from the live model's {live.spec.window}")
     return rt
 
@@ -131,9 +133,10 @@ def promote(cfg: AgentConfig) -> Runtime:
     The previous live file is kept beside it as `<name>.previous`. A running agent sees the new
     file and swaps it in through its hot-swap path (checks, then between batches).
     """
-    if cfg.model.shadow is None:
-        raise ModelError("no [model.shadow] path in the config: nothing to promote")
-    live_path, shadow_path = Path(cfg.model.path), Path(cfg.model.shadow.path)
+    live_path, shadow_path = Path(cfg.model.path), cfg.shadow_path
+    if cfg.model.shadow is None and not shadow_path.exists():
+        raise ModelError("no shadow model ([model.shadow] path, or a refit's models/shadow.pt): "
+                         "nothing to promote")
     model = cfg.model.model_copy(update={"path": shadow_path, "sha256": None})
     rt = load_runtime(model)
     if cfg.model.sha256 and cfg.model.sha256.lower() != rt.sha256:

@@ -148,12 +148,15 @@ class Checkpoint:
     def load_ops(self) -> dict[str, str]:
         return {str(a): str(v) for a, v in self._db.execute("SELECT asset, state FROM ops")}
 
-    def save_blob(self, key: str, value: bytes) -> None:
-        """Replace the blob under `key`, and drop the others (they belonged to other models)."""
+    def save_blob(self, key: str, value: bytes, family: str = "") -> None:
+        """Replace the blob under `key`; with a `family` (a key prefix, e.g. "drift:"), drop the
+        family's other blobs (they belonged to other models)."""
         db = self._db
         db.execute("BEGIN")
         try:
-            db.execute("DELETE FROM blobs WHERE key != ?", (key,))
+            if family:
+                db.execute("DELETE FROM blobs WHERE key != ? AND substr(key, 1, ?) = ?",
+                           (key, len(family), family))
             db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (key, value))
             db.execute("COMMIT")
         except sqlite3.Error:

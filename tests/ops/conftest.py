@@ -103,11 +103,11 @@ class Ops:
         props = None
         if sender is not None or reply_to is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if sender is not None:
-            props.UserProperty = [("operator", sender)]
-        if reply_to is not None:
-            props.ResponseTopic = reply_to
-            props.CorrelationData = correlation or b""
+            if sender is not None:
+                props.UserProperty = [("operator", sender)]
+            if reply_to is not None:
+                props.ResponseTopic = reply_to
+                props.CorrelationData = correlation or b""
         info = self.client.publish(topic, json.dumps(doc), qos=1, properties=props)
         info.wait_for_publish(10)
 

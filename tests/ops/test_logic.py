@@ -150,9 +150,11 @@ class TestPerAssetDrift:
         buf = io.BytesIO()
         np.savez(buf, **d.state())  # type: ignore[arg-type]
         ck = Checkpoint(tmp_path / "state.sqlite")
-        ck.save_blob("drift:v1", buf.getvalue())
-        ck.save_blob("drift:v2", buf.getvalue())  # another model's replaces it
+        ck.save_blob("trial", b"{}")
+        ck.save_blob("drift:v1", buf.getvalue(), family="drift:")
+        ck.save_blob("drift:v2", buf.getvalue(), family="drift:")  # another model's replaces it
         assert ck.load_blob("drift:v1") is None
+        assert ck.load_blob("trial") == b"{}"  # not of the family: kept
         blob = ck.load_blob("drift:v2")
         ck.close()
         assert blob is not None
