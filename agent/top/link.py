@@ -24,9 +24,20 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent.config import BrokerConfig
 from agent.errors import BrokerError
 from agent.mqtt import tls_context
+from agent.names import MAX_NAME_LEN
 from agent.top.fleet import Fleet
 
 CONNECT_TIMEOUT_S = 10.0
+
+
+def reply_topic(prefix: str, username: str | None, tag: str) -> str:
+    """Where the agents answer this view: under the login's own name, which a broker ACL can
+    grant to each user alone (Mosquitto: `pattern read {prefix}/replies/%u/#`)."""
+    if username:
+        # One topic level whatever the login is; a %u pattern cannot grant one to a name with + # /.
+        level = "".join("_" if c in "+#/" or not c.isprintable() else c for c in username)
+        return f"{prefix}/replies/{level[:MAX_NAME_LEN]}/top-{tag}"
+    return f"{prefix}/replies/top-{tag}"
 
 
 def topics(prefix: str) -> list[str]:
@@ -56,7 +67,7 @@ class TopLink:
         self.operator = operator
         self.url = broker.parsed_url
         tag = secrets.token_hex(4)
-        self.reply_topic = f"{prefix}/replies/top-{tag}"
+        self.reply_topic = reply_topic(prefix, broker.username, tag)
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._connack = threading.Event()
         self._refused: str | None = None

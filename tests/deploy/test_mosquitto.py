@@ -64,6 +64,7 @@ class GatewayBroker:
     workdir: Path
     port: int  # loopback listener (1883 as shipped)
     tls_port: int  # TLS listener (8883 as shipped)
+    acl: Path = DEPLOY / "mosquitto" / "acl"  # the shipped ACL unless a test changes it
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -78,7 +79,7 @@ class GatewayBroker:
         conf = templated((DEPLOY / "mosquitto" / "mosquitto.conf").read_text(), {
             "persistence_location /var/lib/mosquitto/": f"persistence_location {d / 'data'}/",
             "password_file /etc/mosquitto/passwd": f"password_file {passwd}",
-            "acl_file /etc/mosquitto/acl": f"acl_file {DEPLOY / 'mosquitto' / 'acl'}",
+            "acl_file /etc/mosquitto/acl": f"acl_file {self.acl}",
             "listener 1883 127.0.0.1": f"listener {self.port} 127.0.0.1",
             "listener 8883": f"listener {self.tls_port} 127.0.0.1",
             "certfile /etc/mosquitto/certs/server.crt": f"certfile {d / 'server.crt'}",

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from agent.top.app import duration_s
 from agent.top.fleet import REPLY_WAIT_S, TREND_LEN, Fleet
-from agent.top.link import Event, apply
+from agent.top.link import Event, apply, reply_topic
 from agent.top.render import Cursor, render, sparkline
 from agent.top.screen import command_doc
 from agent.top.terminal import keys
@@ -150,6 +150,15 @@ def test_command_reply_is_shown_by_its_correlation_data() -> None:
     sent[9] = b"c3"
     apply(f, Event("puback", mid=9, reason="Not authorized"), sent)
     assert f.status == "unshelve pump-3: refused by the broker (Not authorized)"
+
+
+def test_reply_topic_is_under_the_login_name() -> None:
+    """Replies come under the login's own name (what `pattern read vigil/replies/%u/#` grants),
+    always one topic level; without a login, straight under replies/."""
+    assert reply_topic("vigil", "vigil-operator", "ab12") == "vigil/replies/vigil-operator/top-ab12"
+    assert reply_topic("site/vigil", "a/b+c#d\x00e", "ab12") == "site/vigil/replies/a_b_c_d_e/top-ab12"
+    assert reply_topic("vigil", "x" * 300, "ab12") == f"vigil/replies/{'x' * 128}/top-ab12"
+    assert reply_topic("vigil", None, "ab12") == reply_topic("vigil", "", "ab12") == "vigil/replies/top-ab12"
 
 
 def test_agents_health_and_model_version_in_the_view() -> None:
