@@ -154,7 +154,7 @@ class Agent:
         self.cfg = cfg
         self.log = log or structlog.get_logger("vigil.agent")
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, cfg.metrics)
         self._rejects_log = RateLimited(self.log)
         runtime = load_runtime(cfg.model)
         self.log.info("model_loaded", path=str(cfg.model.path), version=runtime.spec.version,
@@ -677,11 +677,10 @@ class Agent:
         self.link.publish_many([(f"{prefix}/risk/{r.asset}", encode_fast(r.doc)) for r in result.risks],
                                qos=out.risk_qos, retain=out.risk_retain)
         now = time.monotonic()
-        risk_gauge, level_gauge = self.metrics.asset_risk, self.metrics.asset_level
+        self.metrics.asset_series.update([(r.asset, r.doc["risk"], LEVELS[r.doc["level"]])
+                                          for r in result.risks])
         observe = self.metrics.reading_to_risk.observe
         for r in result.risks:
-            risk_gauge.labels(r.asset).set(r.doc["risk"])
-            level_gauge.labels(r.asset).set(LEVELS[r.doc["level"]])
             if not r.doc["stale"]:
                 observe(max(now - r.arrival, 0.0))
 
@@ -892,6 +891,8 @@ class Agent:
     def _swap_live(self, rt: Runtime) -> None:
         old = self.pipeline.spec.version
         kept = self.pipeline.swap_model(rt)
+        if not kept:  # every asset starts afresh: none has a risk until it is scored again
+            self.metrics.asset_series.retain(self.pipeline.assets)
         self.ops.set_model(rt.spec)
         sh = self.pipeline.shadow
         if sh is not None and (sh.spec.channels, sh.spec.period_s, sh.spec.window) != (

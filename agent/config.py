@@ -386,6 +386,21 @@ class LearnConfig(_Strict):
     fit_options: dict[str, str | int | float | bool] = {}
 
 
+class MetricsConfig(_Strict):
+    """`[metrics]`: which assets get their own `vigil_asset_risk{asset}` / `vigil_asset_level{asset}`.
+
+    `top` (default): the `per_asset_limit` assets with the highest level, then the highest
+    risk (every asset while there are no more); `all`: every asset held (up to `[windows]
+    max_assets`); `none`: no per-asset series. The fleet-level series (assets by level, a
+    histogram of every asset's risk, how many assets were left out) are always exported.
+    """
+
+    per_asset: Literal["top", "all", "none"] = "top"
+    # 500 assets are 1,000 series: with the agent's ~240 others a scrape at 10,000 assets is
+    # ~1,250 series and ~70 KB (bench/asset_flood.py), under 190 KB with 128-character names.
+    per_asset_limit: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -406,6 +421,7 @@ class AgentConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     record: RecordConfig = RecordConfig()
     learn: LearnConfig = LearnConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     @property

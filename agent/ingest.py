@@ -211,6 +211,14 @@ class Decoder:
         self._topics[topic] = hit
         return hit
 
+    def forget(self, topic: str) -> None:
+        """Drop a topic's parse from the cache (its asset is not held: no memory for it)."""
+        self._topics.pop(topic, None)
+
+    @property
+    def cached_topics(self) -> int:
+        return len(self._topics)
+
     def decode(self, topic: str, payload: bytes, arrival: float,
                rejects: list[Reason]) -> list[Reading]:
         """Readings in the message; each rejected reading (or the whole message) adds a reason."""

@@ -7,6 +7,8 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agent.asset_series import AssetSeries
+from agent.config import MetricsConfig
 from agent.ingest import Reason
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -31,9 +33,14 @@ RECORD_DROPPED_BY = ("queue_full", "write_error", "shutdown")
 class Metrics:
     """The agent's metrics; pass `CollectorRegistry()` in tests to keep them apart."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, config: MetricsConfig | None = None) -> None:
         self.registry = registry
         r = registry
+        cfg = config or MetricsConfig()
+        # vigil_asset_risk{asset}, vigil_asset_level{asset} and the fleet series beside them,
+        # made at scrape time from one entry per asset (bounded by [metrics] per_asset).
+        self.asset_series = AssetSeries(cfg.per_asset, cfg.per_asset_limit)
+        r.register(self.asset_series)
         self.readings_accepted = Counter(
             "vigil_readings_accepted", "Readings written into windows.", registry=r)
         self.readings_rejected = Counter(
@@ -68,9 +75,6 @@ class Metrics:
             ["level"], registry=r)
         self.outbox_errors = Counter(
             "vigil_outbox_errors", "Outbox writes that failed (disk full or unwritable).", registry=r)
-        self.asset_risk = Gauge("vigil_asset_risk", "Latest risk per asset.", ["asset"], registry=r)
-        self.asset_level = Gauge("vigil_asset_level", "Current level per asset: 0 ok, 1 warning, 2 critical.",
-                                 ["asset"], registry=r)
         self.assets = Gauge("vigil_assets", "Assets with state held.", registry=r)
         self.assets_stale = Gauge("vigil_assets_stale", "Assets whose window is not whole.", registry=r)
         self.assets_learning = Gauge("vigil_assets_learning_baseline",

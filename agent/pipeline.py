@@ -212,6 +212,10 @@ class Pipeline:
         accepted = 0
         for ts, chans, values in cells:
             accepted += self._write_cell(asset, ts, chans, values, arrival_wall, arrival_mono, rejects)
+        if asset not in self.assets and self.serves(asset):
+            # Served but not held (over [windows] max_assets, or every reading refused): its
+            # topic leaves the decoder's cache, so a flood of new asset ids costs no memory there.
+            self.decoders[sub_index].forget(topic)
         return accepted, rejects
 
     def _write_cell(self, asset: str, ts: float, chans: list[int], values: list[float], wall: float,

@@ -29,6 +29,7 @@ def test_complete_config_example_loads(tmp_path: Path) -> None:
     assert cfg.http.listen == "127.0.0.1:9108"
     assert cfg.windows.max_assets == 10_000 and cfg.windows.max_payload_bytes == 65_536
     assert cfg.state.checkpoint_interval_s == 10 and cfg.outputs.prefix == "vigil"
+    assert (cfg.metrics.per_asset, cfg.metrics.per_asset_limit) == ("top", 500)
 
 
 def test_every_toml_example_loads(tmp_path: Path) -> None:

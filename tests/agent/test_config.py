@@ -213,3 +213,29 @@ class TestRecordConfig:
         """A bad `[record]` value is refused with the key in the message."""
         msg = error_of(tmp_path, MINIMAL + f"\n[record]\n{line}\n")
         assert f"record.{line.split()[0]}" in msg
+
+
+class TestMetricsConfig:
+    def test_bounded_by_default(self, tmp_path: Path) -> None:
+        """Without a `[metrics]` table, per-asset series are the top 500 assets."""
+        cfg = load(tmp_path, MINIMAL)
+        assert (cfg.metrics.per_asset, cfg.metrics.per_asset_limit) == ("top", 500)
+
+    @pytest.mark.parametrize("mode", ["top", "all", "none"])
+    def test_modes(self, tmp_path: Path, mode: str) -> None:
+        """Each documented `per_asset` value loads with its limit."""
+        cfg = load(tmp_path, MINIMAL + f'\n[metrics]\nper_asset = "{mode}"\nper_asset_limit = 20\n')
+        assert (cfg.metrics.per_asset, cfg.metrics.per_asset_limit) == (mode, 20)
+
+    @pytest.mark.parametrize(("line", "words"), [
+        ('per_asset = "auto"', "'top', 'all' or 'none'"),
+        ("per_asset = 100", "'top', 'all' or 'none'"),
+        ("per_asset_limit = 0", "greater than or equal to 1"),
+        ("per_asset_limit = 1000000", "less than or equal to 100000"),
+        ("per_asset_limit = 2.5", "integer"),
+        ("per_assets = \"all\"", "unknown key"),
+    ])
+    def test_bad_values_name_the_key(self, tmp_path: Path, line: str, words: str) -> None:
+        """A bad `[metrics]` value is refused, naming the key and what it takes."""
+        msg = error_of(tmp_path, MINIMAL + f"\n[metrics]\n{line}\n")
+        assert f": metrics.{line.split()[0]}:" in msg and words in msg, msg

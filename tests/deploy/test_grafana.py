@@ -64,6 +64,19 @@ class TestDashboard:
         (timeline,) = [p for p in panels() if "timeline" in p["title"].lower()]
         assert 'asset=~"$asset"' in timeline["targets"][0]["expr"]
 
+    def test_counts_of_assets_use_the_fleet_series(self) -> None:
+        """Only the top-risk bar gauge and the per-asset timeline read per-asset series (bounded by
+        [metrics] per_asset); counts of assets and the risk distribution read the fleet series."""
+        per_asset = re.compile(r"vigil_asset_(risk|level)\b")
+        readers = {p["title"] for p in panels() for t in p["targets"] if per_asset.search(t["expr"])}
+        assert readers == {"Fleet risk (top 40, latest, highest first)", "Risk timeline ($asset)"}
+        exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels()}
+        assert 'vigil_assets_by_level{instance=~"$instance", level="critical"}' in exprs["Assets at critical"]
+        assert 'vigil_assets_by_level{instance=~"$instance", level="warning"}' in exprs["Assets at warning"]
+        assert "vigil_assets_omitted" in exprs["Assets with their own risk series"]
+        for title in ("Fleet risk distribution (assets per risk band)", "Fleet risk p50 / p90"):
+            assert "vigil_asset_risk_distribution_bucket" in exprs[title], title
+
     def test_variables_are_defined(self) -> None:
         """Every $variable used in a query or title is a dashboard variable or a Grafana built-in."""
         defined = {v["name"] for v in dashboard()["templating"]["list"]} | BUILTIN_VARS

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.broker import wait_until
-from tests.deploy.conftest import LiveAgent
+from tests.deploy.conftest import TOP_ASSETS, TOP_LIMIT, LiveAgent
 from tests.deploy.promql import metric_names, scrape_names
 from tests.deploy.servers import Prometheus, prometheus_config
 from tests.deploy.tools import DEPLOY, run_tool
@@ -136,10 +136,23 @@ class TestMetricNames:
             proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def prometheus(live_agent: LiveAgent, tmp_path: Path) -> Iterator[Prometheus]:
-    """Debian's Prometheus with the shipped scrape config and rules, pointed at the live agent."""
-    server = Prometheus(prometheus_config(tmp_path, live_agent.address), tmp_path)
+    @pytest.mark.integration
+    def test_top_n_scrape_names_everything_and_passes_promtool(self, top_agent: LiveAgent) -> None:
+        """With per-asset series for only the top few assets, a scrape still exports every metric the
+        rules and the dashboard name, and `promtool check metrics` finds no problem in it."""
+        text = top_agent.scrape()
+        exported = scrape_names(text) | SYNTHETIC
+        names = set().union(*(metric_names(r["expr"]) for r in rules()),
+                            *(metric_names(q) for q in dashboard_queries()))
+        assert names - exported == set()
+        proc = run_tool("promtool", "check", "metrics", stdin=text)
+        assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), \
+            proc.stdout + proc.stderr
+
+
+def serve(target: LiveAgent, workdir: Path) -> Iterator[Prometheus]:
+    """Debian's Prometheus with the shipped scrape config and rules, pointed at one agent."""
+    server = Prometheus(prometheus_config(workdir, target.address), workdir)
     server.start()
     try:
         yield server
@@ -147,14 +160,50 @@ def prometheus(live_agent: LiveAgent, tmp_path: Path) -> Iterator[Prometheus]:
         server.stop()
 
 
-@pytest.mark.integration
-def test_prometheus_scrapes_agent(prometheus: Prometheus, live_agent: LiveAgent) -> None:
-    """A real Prometheus with the shipped config finds the agent up, stores a risk series per asset,
-    evaluates every rule without error or alert, and answers every dashboard query with data."""
+@pytest.fixture
+def prometheus(live_agent: LiveAgent, tmp_path: Path) -> Iterator[Prometheus]:
+    """Prometheus scraping the agent that exports every asset's series."""
+    yield from serve(live_agent, tmp_path)
+
+
+@pytest.fixture
+def prometheus_top(top_agent: LiveAgent, tmp_path: Path) -> Iterator[Prometheus]:
+    """Prometheus scraping the agent that exports the series of its top TOP_LIMIT assets only."""
+    yield from serve(top_agent, tmp_path)
+
+
+def wait_target_up(prometheus: Prometheus) -> None:
     def target_up() -> bool:
         active = prometheus.api("targets", state="active")["activeTargets"]
         return any(t["labels"]["job"] == "vigil" and t["health"] == "up" for t in active)
     wait_until(target_up, 60, interval=0.2, what="the vigil target to be up")
+
+
+def evaluated_rules(prometheus: Prometheus) -> list[dict[str, Any]]:
+    """Every alert rule once each has been evaluated at least once (empty until then)."""
+    groups = prometheus.api("rules", type="alert")["groups"]
+    got = [r for g in groups for r in g["rules"]]
+    return got if len(got) == len(rules()) and all(r["lastEvaluation"][:4] != "0001" for r in got) else []
+
+
+def query_at(prometheus: Prometheus, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query, at the unix time `at` if given (queries at one time see one scrape)."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    result: list[dict[str, Any]] = prometheus.api("query", **params)["result"]
+    return result
+
+
+def value(prometheus: Prometheus, expr: str, at: float | None = None) -> float | None:
+    """The single value of an instant query without labels left (None: no data)."""
+    result = query_at(prometheus, expr, at)
+    return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_agent(prometheus: Prometheus, live_agent: LiveAgent) -> None:
+    """A real Prometheus with the shipped config finds the agent up, stores a risk series per asset,
+    evaluates every rule without error or alert, and answers every dashboard query with data."""
+    wait_target_up(prometheus)
     (target,) = prometheus.api("targets", state="active")["activeTargets"]
     assert target["labels"]["gateway"] == "127.0.0.1"  # the shipped relabelling ran
     assert target["scrapeUrl"] == f"http://{live_agent.address}/metrics"
@@ -174,18 +223,61 @@ def test_prometheus_scrapes_agent(prometheus: Prometheus, live_agent: LiveAgent)
     # Every rule has been evaluated without error, and none fires for a healthy agent. Asset
     # alerts follow the simulated plant; latency and scrape alerts may turn pending (never
     # firing, their `for` is minutes) on a loaded CI machine. The unit tests cover the logic.
-    def evaluated() -> list[dict[str, Any]]:
-        groups = prometheus.api("rules", type="alert")["groups"]
-        got = [r for g in groups for r in g["rules"]]
-        return got if len(got) == len(rules()) and all(r["lastEvaluation"][:4] != "0001" for r in got) else []
-    wait_until(evaluated, 60, interval=0.2, what="every rule evaluated")
-    got = evaluated()
+    wait_until(lambda: evaluated_rules(prometheus), 60, interval=0.2, what="every rule evaluated")
+    got = evaluated_rules(prometheus)
     assert [(r["name"], r["health"], r.get("lastError")) for r in got if r["health"] != "ok"] == []
     states = {r["name"]: r["state"] for r in got if r["name"] != "VigilAssetCritical"}
     load_dependent = {"VigilAgentDown", "VigilInferenceSlow", "VigilRiskLate"}
     unexpected = {n: s for n, s in states.items()
                   if s == "firing" or (s == "pending" and n not in load_dependent)}
     assert unexpected == {}
+
+
+@pytest.mark.integration
+def test_prometheus_at_top_n(prometheus_top: Prometheus, top_agent: LiveAgent) -> None:
+    """An agent exporting per-asset series for its top TOP_LIMIT of TOP_ASSETS assets: in a real
+    Prometheus the fleet series still count every asset, exactly TOP_LIMIT assets have a risk
+    series at any instant, the dashboard's fleet panels give those numbers, every dashboard query
+    has data and every rule is evaluated without error."""
+    prometheus = prometheus_top
+    wait_target_up(prometheus)
+    sel = '{job="vigil"}'
+    wait_until(lambda: value(prometheus, f"sum(vigil_assets_by_level{sel})") == TOP_ASSETS, 60,
+               interval=0.2, what="every asset counted by level")
+    # Every query below at the time of one scrape: they all see that scrape, while the
+    # simulated plant keeps changing which assets are the riskiest.
+    at = value(prometheus, f"timestamp(vigil_assets_omitted{sel})")
+    assert at is not None
+    assert value(prometheus, f"count(vigil_asset_risk{sel})", at) == TOP_LIMIT
+    assert value(prometheus, f"count(vigil_asset_level{sel})", at) == TOP_LIMIT
+    assert value(prometheus, f"sum(vigil_assets_omitted{sel})", at) == TOP_ASSETS - TOP_LIMIT
+    assert value(prometheus, 'sum(vigil_asset_risk_distribution_bucket{job="vigil", le="+Inf"})', at) \
+        == TOP_ASSETS
+    exported = {r["metric"]["asset"] for r in query_at(prometheus, f"vigil_asset_risk{sel}", at)}
+    assert len(exported) == TOP_LIMIT and exported <= set(top_agent.assets)
+
+    # The dashboard's fleet panels, as Grafana sends them.
+    dash = {p["title"]: [as_query(t["expr"]) for t in p["targets"]]
+            for p in json.loads((DEPLOY / "grafana" / "dashboards" / "vigil.json").read_text())["panels"]
+            if p.get("targets")}
+    shown, of = dash["Assets with their own risk series"]
+    assert (value(prometheus, shown, at), value(prometheus, of, at)) == (TOP_LIMIT, TOP_ASSETS)
+    for title, level in (("Assets at critical", "critical"), ("Assets at warning", "warning")):
+        want = value(prometheus, f'sum(vigil_assets_by_level{{job="vigil", level="{level}"}})', at)
+        assert want is not None and value(prometheus, dash[title][0], at) == want, title
+    bands = query_at(prometheus, dash["Fleet risk distribution (assets per risk band)"][0], at)
+    assert len(bands) == 12 and max(float(b["value"][1]) for b in bands) == TOP_ASSETS
+    top = query_at(prometheus, dash["Fleet risk (top 40, latest, highest first)"][0], at)
+    assert {r["metric"]["asset"] for r in top} == exported
+    p50, p90 = (value(prometheus, q, at) for q in dash["Fleet risk p50 / p90"])
+    assert p50 is not None and p90 is not None and 0 <= p50 <= p90 <= 1
+
+    queries = [as_query(q) for q in dashboard_queries()]
+    wait_until(lambda: all(prometheus.query(q) for q in queries), 60, interval=0.5,
+               what="data for every dashboard query")
+    wait_until(lambda: evaluated_rules(prometheus), 60, interval=0.2, what="every rule evaluated")
+    got = evaluated_rules(prometheus)
+    assert [(r["name"], r["health"], r.get("lastError")) for r in got if r["health"] != "ok"] == []
 
 
 def test_scrape_port_matches_the_shipped_configs() -> None:
