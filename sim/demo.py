@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         with urllib.request.urlopen(metrics, timeout=2) as r:
             scrape = r.read().decode()
         wanted = ("vigil_readings_accepted_total", "vigil_windows_inferred_total", "vigil_alerts_total",
-                  "vigil_asset_risk")
+                  "vigil_asset_risk{")
         say("a few metrics from " + metrics + ":")
         for line in scrape.splitlines():
             if line.startswith(wanted):
