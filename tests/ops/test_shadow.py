@@ -86,5 +86,5 @@ def test_check_config_names_the_shadow_and_promote_needs_one(tmp_path: Path) -> 
     without.write_text(base)
     proc = subprocess.run([str(BIN / "vigil-agent"), "promote", "--config", str(without)],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "no [model.shadow]" in proc.stderr
+    assert proc.returncode == 2 and "no shadow model" in proc.stderr
     assert proc.stderr.count("\n") == 1
