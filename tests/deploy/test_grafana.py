@@ -48,6 +48,14 @@ class TestDashboard:
         (versus,) = [e for t, e in exprs.items() if t.startswith("live vs shadow")]
         assert "by (le, model)" in versus and "by (model)" in versus
 
+    def test_shows_the_model_lifecycle(self) -> None:
+        """The learning loop's decisions are on the dashboard: candidates by result, promotions by
+        reason, rollbacks, and the shadow's trial."""
+        exprs = " ".join(t["expr"] for p in panels() for t in p["targets"])
+        for metric in ("vigil_model_candidates_total", "vigil_model_promotions_total",
+                       "vigil_model_rollbacks_total", "vigil_model_trial_seconds", "vigil_refit_running"):
+            assert metric in exprs, metric
+
     def test_latency_panels_show_quantiles(self) -> None:
         """The inference latency panel plots p50, p90 and p99 from the histogram's buckets."""
         (panel,) = [p for p in panels() if p["title"].lower().startswith("inference latency")]
