@@ -454,10 +454,10 @@ class Agent:
             self._heartbeat.beat(now)
             if not self._ready_sent and all(self.readiness().values()):
                 self._ready_sent = systemd.notify_ready(f"serving model {self.pipeline.spec.version}")
-            if self.pipeline.hosts:
-                if now >= next_tick:  # Sparkplug reorder timeouts, checked ten times a second
-                    self._count(*self.pipeline.tick(time.time(), now))
-                    next_tick = now + 0.1
+            if self.pipeline.hosts and now >= next_tick:  # Sparkplug reorder timeouts, 10 times a second
+                self._count(*self.pipeline.tick(time.time(), now))
+                next_tick = now + 0.1
+            if self.pipeline.hosts or self.pipeline.notices:
                 self._send_sparkplug()
             if self.pipeline.n_ready:
                 first_due = first_due if first_due is not None else now
@@ -515,26 +515,28 @@ class Agent:
             accepted += n
             if why:
                 rejects.update(why)
-                if why[0].is_rejection:
-                    self._rejects_log.warning("readings_rejected", key=why[0].value,
-                                          reason=why[0].value, topic=topic[:200])
+                first = why[0] if why[0].is_rejection else next((r for r in why if r.is_rejection), None)
+                if first is not None:
+                    self._rejects_log.warning("readings_rejected", key=first.value,
+                                              reason=first.value, topic=topic[:200])
             if self.pipeline.n_ready >= self.cfg.inference.max_batch:
                 break
         # Metrics in batches, not per reading: the hot path stays cheap.
-        if accepted:
-            self.metrics.readings_accepted.inc(accepted)
-        for reason, n in rejects.items():
-            if reason.is_rejection:
-                self.metrics.readings_rejected.labels(reason.value).inc(n)
-            else:
-                self.metrics.readings_skipped.inc(n)
+        self._count_by_reason(accepted, rejects)
 
     def _count(self, accepted: int, rejects: list[Reason]) -> None:
+        self._count_by_reason(accepted, Counter(rejects))
+
+    def _count_by_reason(self, accepted: int, reasons: Counter[Reason]) -> None:
+        """Readings not written go to rejected (bad input), ignored (normal traffic the model has
+        no use for) or skipped (another agent's assets)."""
         if accepted:
             self.metrics.readings_accepted.inc(accepted)
-        for reason, n in Counter(rejects).items():
+        for reason, n in reasons.items():
             if reason.is_rejection:
                 self.metrics.readings_rejected.labels(reason.value).inc(n)
+            elif reason.is_ignored:
+                self.metrics.readings_ignored.labels(reason.value).inc(n)
             else:
                 self.metrics.readings_skipped.inc(n)
 
@@ -546,7 +548,12 @@ class Agent:
             self.log.info("sparkplug_rebirth_requested", topic=c.topic)
         if notices.risks:
             self._publish(notices)
-            self.log.info("sparkplug_assets_stale", assets=[r.asset for r in notices.risks][:50])
+            dead = [r.asset for r in notices.risks if "degraded" not in r.doc]
+            bad = {r.asset: r.doc["degraded"] for r in notices.risks if "degraded" in r.doc}
+            if dead:
+                self.log.info("sparkplug_assets_stale", assets=dead[:50])
+            if bad:
+                self.log.info("assets_degraded", channels=dict(list(bad.items())[:50]))
 
     # -- the operations loop ------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def check_config(path: Path) -> dict[str, Any]:
         "config": resolved,
         "agent_id": cfg.resolved_agent_id,
         "subscriptions": [
-            {"filter": s.filter, "template": s.template, "codec": s.codec,
+            {"filter": s.filter, "template": s.template, "codec": s.codec, "hold_s": s.hold_s,
              "example_topic": ("spBv1.0/plant/DDATA/edge-1/pump-001" if s.codec == "sparkplug"
                                else example_topic(s.template))} for s in cfg.subscriptions],
         "model": {"path": str(cfg.model.path), **spec_summary(rt.spec)},

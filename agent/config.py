@@ -47,6 +47,11 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A config duration in seconds, written as a number of seconds or a string with a unit."""
 
+# Sparkplug hosts hold a tag's last value until a new one, a death or a bad quality (Sparkplug 3.0
+# host behaviour); the limit only catches a value nobody refreshed for a week.
+SPARKPLUG_HOLD_S = 7 * 86400.0
+DEFAULT_GOOD_QUALITY: tuple[str | int, ...] = ("good", 192)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -172,6 +177,27 @@ class SubscriptionConfig(_Strict):
     scale: dict[str, float] = {}
     offset: dict[str, float] = {}
     sparkplug: SparkplugConfig = SparkplugConfig()
+    # Report by exception: a channel's last value stands in the following cells for this long
+    # (0: off). None: the codec's default (Sparkplug SPARKPLUG_HOLD_S, JSON off).
+    hold: Duration | None = None
+    # JSON codecs: the field carrying the reading's quality; a value not in `good_quality` marks the
+    # channel bad. Sparkplug reads is_null and the metric's Quality property instead.
+    quality_field: str | None = None
+    good_quality: Annotated[list[bool | int | float | str], Field(min_length=1)] = list(DEFAULT_GOOD_QUALITY)
+
+    @field_validator("quality_field")
+    @classmethod
+    def _quality_field(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("must name a field of the payload, e.g. \"q\"")
+        return v
+
+    @property
+    def hold_s(self) -> float:
+        """How long a channel's last value holds, in seconds (0: not at all)."""
+        if self.hold is not None:
+            return self.hold
+        return SPARKPLUG_HOLD_S if self.codec == "sparkplug" else 0.0
 
     @property
     def topic_filter(self) -> str:
@@ -183,6 +209,9 @@ class SubscriptionConfig(_Strict):
     @model_validator(mode="after")
     def _template_fits_filter(self) -> SubscriptionConfig:
         if self.codec == "sparkplug":
+            if self.quality_field is not None:
+                raise ValueError("quality_field is for the json codecs: Sparkplug marks quality with "
+                                 "is_null and the metric's Quality property")
             return self._sparkplug_filter()
         if "sparkplug" in self.model_fields_set:
             raise ValueError("a [subscriptions.sparkplug] table needs codec = \"sparkplug\"")

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,7 +27,8 @@ except ImportError:  # pragma: no cover - orjson is a dependency; this keeps it 
 
 
 class Reason(StrEnum):
-    """Why a reading or message was rejected: the `reason` label of the rejection counter."""
+    """Why a reading or message was not written: the `reason` label of the rejection counter, or
+    of the ignored counter for readings that are normal traffic but not for the model."""
 
     MALFORMED = "malformed"        # not decodable at all (counted once per message)
     PAYLOAD_SIZE = "payload_size"  # over max_payload_bytes
@@ -39,17 +41,29 @@ class Reason(StrEnum):
     TOO_OLD = "too_old"            # before the floor
     LATE = "late"                  # older than the asset's watermark minus allowed lateness
     DUPLICATE = "duplicate"        # same asset, channel and ts as a reading already held
-    CHANNEL = "unknown_channel"    # not one of the model's channels
     ASSET_LIMIT = "asset_limit"    # a new asset beyond max_assets
     NOT_MINE = "not_mine"          # an asset this agent does not serve (not a rejection)
     # Sparkplug B session faults (agent.sparkplug): each also leads to a rebirth request.
     NO_BIRTH = "no_birth"          # data from an edge node or device with no current birth
     ALIAS = "unknown_alias"        # a metric alias (or name) its birth did not define
     SEQUENCE = "sequence"          # a seq number already passed: a duplicate or a message too late
+    # Ignored, not rejected: normal traffic the model has no use for.
+    UNMAPPED = "unmapped"          # a tag or channel that is not one of the model's (after channel_map)
+    UNSUPPORTED = "unsupported"    # a Sparkplug datatype that is not a number (Boolean, String, DataSet...)
+    QUALITY = "bad_quality"        # marked bad by its source (Sparkplug is_null or Quality, quality_field)
+
+    @property
+    def is_ignored(self) -> bool:
+        """Counted in `vigil_readings_ignored_total`, not as bad input."""
+        return self in _IGNORED
 
     @property
     def is_rejection(self) -> bool:
-        return self is not Reason.NOT_MINE
+        return self is not Reason.NOT_MINE and self not in _IGNORED
+
+
+IGNORED: tuple[Reason, ...] = (Reason.UNMAPPED, Reason.UNSUPPORTED, Reason.QUALITY)
+_IGNORED = frozenset(IGNORED)
 
 
 # Beyond this a value is not a measurement; it would also overflow float32 once normalised.
@@ -132,6 +146,25 @@ def parse_ts(raw: Any, fmt: str) -> float | None:
     return None
 
 
+QualityKey: TypeAlias = tuple[str, object]
+
+
+def quality_key(q: object) -> QualityKey:
+    """A quality value as compared with `good_quality`: text without case, numbers by value."""
+    if isinstance(q, bool):
+        return ("bool", q)
+    if isinstance(q, int | float):
+        return ("number", float(q))
+    if isinstance(q, str):
+        return ("text", q.strip().casefold())
+    return ("other", repr(q))
+
+
+def good_set(values: Iterable[object]) -> frozenset[QualityKey]:
+    """The `good_quality` values of a subscription, ready to look a reading's quality up."""
+    return frozenset(quality_key(v) for v in values)
+
+
 Cell: TypeAlias = tuple[float, list[int], list[float]]
 """The readings of one message that share an event time: (ts, model channel indices, values)."""
 
@@ -178,6 +211,8 @@ class Decoder:
         self._fixed_channel = sub.channel or ""
         self._value_field = sub.value_field
         self._values_field = sub.values_field
+        self._quality_field = sub.quality_field
+        self._good = good_set(sub.good_quality)
 
     def _channel(self, source: str) -> tuple[int, float, float] | None:
         hit = self._cache.get(source, False)
@@ -220,20 +255,22 @@ class Decoder:
         return len(self._topics)
 
     def decode(self, topic: str, payload: bytes, arrival: float,
-               rejects: list[Reason]) -> list[Reading]:
+               rejects: list[Reason], bad: list[Cell] | None = None) -> list[Reading]:
         """Readings in the message; each rejected reading (or the whole message) adds a reason."""
-        got = self.decode_cells(topic, payload, arrival, rejects)
+        got = self.decode_cells(topic, payload, arrival, rejects, bad)
         if got is None:
             return []
         asset, cells = got
         return [Reading(asset, c, ts, v) for ts, chans, vals in cells
                 for c, v in zip(chans, vals, strict=True)]
 
-    def decode_cells(self, topic: str, payload: bytes, arrival: float,
-                     rejects: list[Reason]) -> tuple[str, list[Cell]] | None:
+    def decode_cells(self, topic: str, payload: bytes, arrival: float, rejects: list[Reason],
+                     bad: list[Cell] | None = None) -> tuple[str, list[Cell]] | None:
         """The message's asset and its readings grouped by event time (None: nothing to write).
 
-        Each rejected reading (or the whole message) adds a reason to `rejects`.
+        Each rejected or ignored reading (or the whole message) adds a reason to `rejects`. With a
+        `quality_field`, readings of bad quality add `bad_quality` and go to `bad` (their values
+        NaN): they are not written, and their channels stop holding.
         """
         asset, source, why = self._topics.get(topic) or self._topic(topic)
         if asset is None:
@@ -247,15 +284,22 @@ class Decoder:
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..."
             rejects.append(Reason.MALFORMED)
             return None
+        if bad is None:
+            bad = []
+        n_bad = len(bad)
         if not self._multi_codec:
-            cell = self._single(source, doc, arrival, rejects)
-            return None if cell is None else (asset, [cell])
+            cell = self._single(source, doc, arrival, rejects, bad)
+            if cell is None:
+                return (asset, []) if len(bad) > n_bad else None
+            return asset, [cell]
         out = []
         for item in doc if type(doc) is list else (doc,):
-            cell = self._multi(item, arrival, rejects)
+            cell = self._multi(item, arrival, rejects, bad)
             if cell is not None:
                 out.append(cell)
         if not out:
+            if len(bad) > n_bad:
+                return asset, []
             if not rejects:
                 rejects.append(Reason.MALFORMED)  # `[]` or empty values: nothing in it, yet counted
             return None
@@ -269,6 +313,25 @@ class Decoder:
             rejects.append(Reason.TS)
         return ts
 
+    def _bad_quality(self, doc: Any) -> Any:
+        """The item's quality field if it is present and not good (None: good, or no quality)."""
+        q = doc.get(self._quality_field)
+        if q is None or type(q) is dict:
+            return q
+        return None if quality_key(q) in self._good else q
+
+    def _bad_channel(self, source: str, rejects: list[Reason]) -> int | None:
+        """The model channel a reading of bad quality is for, or None with the reason added."""
+        ok, ch = self._sources.get(source) or self._source(source)
+        if not ok:
+            rejects.append(Reason.NAME)
+            return None
+        if ch is None:
+            rejects.append(Reason.UNMAPPED)
+            return None
+        rejects.append(Reason.QUALITY)
+        return ch[0]
+
     def _value(self, source: str, raw: Any, rejects: list[Reason]) -> tuple[int, float] | None:
         """One value onto its model channel, or None with the reason added."""
         ok, ch = self._sources.get(source) or self._source(source)
@@ -280,7 +343,7 @@ class Decoder:
             rejects.append(Reason.TYPE)
             return None
         if ch is None:
-            rejects.append(Reason.CHANNEL)
+            rejects.append(Reason.UNMAPPED)
             return None
         idx, scale, offset = ch
         value = _finite(raw)
@@ -291,7 +354,8 @@ class Decoder:
             return None
         return idx, value
 
-    def _single(self, source: str, doc: Any, arrival: float, rejects: list[Reason]) -> Cell | None:
+    def _single(self, source: str, doc: Any, arrival: float, rejects: list[Reason],
+                bad: list[Cell]) -> Cell | None:
         kind = type(doc)
         if kind is int or kind is float:
             ts = arrival  # a bare number means "now"
@@ -301,6 +365,12 @@ class Decoder:
             if got_ts is None:
                 return None
             ts = got_ts
+            if self._quality_field is not None and self._bad_quality(doc) is not None:
+                # Bad quality: whatever the value field holds (often null) is not a measurement.
+                idx = self._bad_channel(source, rejects)
+                if idx is not None:
+                    bad.append((ts, [idx], [math.nan]))
+                return None
             if self._value_field not in doc:
                 rejects.append(Reason.TYPE)
                 return None
@@ -311,13 +381,26 @@ class Decoder:
         got = self._value(source, raw, rejects)
         return None if got is None else (ts, [got[0]], [got[1]])
 
-    def _multi(self, item: Any, arrival: float, rejects: list[Reason]) -> Cell | None:
+    def _multi(self, item: Any, arrival: float, rejects: list[Reason], bad: list[Cell]) -> Cell | None:
         if type(item) is not dict or type(values := item.get(self._values_field)) is not dict:
             rejects.append(Reason.MALFORMED)
             return None
         ts = self._ts(item, arrival, rejects)
         if ts is None:
             return None
+        if self._quality_field is not None and (q := self._bad_quality(item)) is not None:
+            # One quality for the whole message, or {channel: quality} for some of its channels.
+            per_channel = type(q) is dict
+            bad_chans: list[int] = []
+            for source in list(values):
+                if per_channel and (source not in q or quality_key(q[source]) in self._good):
+                    continue
+                idx = self._bad_channel(source, rejects)
+                del values[source]
+                if idx is not None:
+                    bad_chans.append(idx)
+            if bad_chans:
+                bad.append((ts, bad_chans, [math.nan] * len(bad_chans)))
         chans: list[int] = []
         vals: list[float] = []
         sources = self._sources

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.asset_series import AssetSeries
 from agent.config import MetricsConfig
-from agent.ingest import Reason
+from agent.ingest import IGNORED, Reason
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -49,6 +49,12 @@ class Metrics:
         for reason in Reason:  # every reason visible at zero, so rate() works from the start
             if reason.is_rejection:
                 self.readings_rejected.labels(reason.value)
+        self.readings_ignored = Counter(
+            "vigil_readings_ignored",
+            "Readings of normal traffic not written, by why: unmapped tags, unsupported datatypes, "
+            "bad quality (bad input counts in vigil_readings_rejected_total).", ["reason"], registry=r)
+        for reason in IGNORED:
+            self.readings_ignored.labels(reason.value)
         self.readings_skipped = Counter(
             "vigil_readings_skipped", "Readings of assets this agent does not serve ([assets] allow).",
             registry=r)

@@ -21,7 +21,7 @@ import structlog
 from agent.alerts import alert_id, rfc3339_ms
 from agent.baseline import BaselineLearner
 from agent.config import AgentConfig, SubscriptionConfig
-from agent.ingest import Decoder, Reading, Reason
+from agent.ingest import Cell, Decoder, Reading, Reason
 from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.names import valid_name
@@ -29,11 +29,11 @@ from agent.risk import Level, LevelMachine, SurpriseTracker, in_force, top_chann
 from agent.runtime import Runtime
 from agent.scoring import Scorer
 from agent.shadow import ShadowScorer, ShadowTransition
-from agent.sparkplug import Command, Host, HostOptions, Output
+from agent.sparkplug import Birth, Command, Host, HostOptions, Output
 from agent.sparkplug.codec import ChannelMap
 from agent.spec import Baseline
 from agent.state import dump_asset, load_asset
-from agent.windows import AssetWindow, Update, cell_of
+from agent.windows import AssetWindow, Update, cell_of, hold_cells
 
 if TYPE_CHECKING:  # agent.recorder imports pyarrow (~50 MiB), loaded only when [record] is on
     from agent.recorder import Recorder
@@ -124,7 +124,7 @@ class Pipeline:
                               clock=clock, wall=wall)
                       for i, s in enumerate(cfg.subscriptions) if s.codec == "sparkplug"}
         self.commands: list[Command] = []   # rebirth requests (NCMD), QoS 0, not retained
-        self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH made stale
+        self.notices: list[RiskOut] = []    # assets an NDEATH/DDEATH or a bad quality made stale
         self.shadow: ShadowScorer | None = None
         self.recorder: Recorder | None = None  # [record]: gets every accepted reading
         self._set_runtime(runtime)
@@ -138,6 +138,11 @@ class Pipeline:
         self.thresholds = in_force(self.spec.thresholds, m.sensitivity, m.warning, m.critical)
         self.scorer = Scorer(self.spec)  # this model's probability grids, made once, not per window
         self.decoders = [Decoder(s, self.spec.channels) for s in self.cfg.subscriptions]
+        # Each subscription's hold in cells of this model's period; an asset takes the hold of the
+        # subscription that first brought it (the longest one when that is not known).
+        self._holds = [hold_cells(s.hold_s, self.spec.period_s) for s in self.cfg.subscriptions]
+        self._hold = max(self._holds)
+        self._check_hold()
         self._cell_ts = float("nan")  # the period may have changed
         for i, host in self.hosts.items():
             sub = self.cfg.subscriptions[i]
@@ -145,6 +150,19 @@ class Pipeline:
         if self.recorder is not None:
             self.recorder.set_channels(self.spec.channels)
         self.metrics.set_model(self.spec.version, self.spec.created_at)
+
+    def _check_hold(self) -> None:
+        """Warn where a subscription holds values for another time than the model was trained with:
+        its windows then differ from the ones the model learnt from."""
+        trained = self.spec.hold_s
+        if trained is None:
+            return  # a file from before holds were recorded
+        for s in self.cfg.subscriptions:
+            if s.hold_s != trained:
+                (self.log or structlog.get_logger("vigil.pipeline")).warning(
+                    "hold_differs_from_model", subscription=s.filter, hold_s=s.hold_s, model_hold_s=trained,
+                    hint="train with `vigil-train fit --hold` equal to the subscription's hold, or set "
+                         "the subscription's `hold` to the model's")
 
     def swap_model(self, runtime: Runtime) -> bool:
         """Serve a new, already checked model from the next batch on.
@@ -168,12 +186,13 @@ class Pipeline:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def _new_asset(self, asset: str) -> AssetState:
+    def _new_asset(self, asset: str, hold: int | None = None) -> AssetState:
         w = self.cfg.windows
         s = self.spec
         return AssetState(
             AssetWindow(s.n_channels, s.window, max_gap=w.max_gap, lateness=w.allowed_lateness,
-                        stride=w.stride, agg=w.aggregation, precise=not s.normalisation.float32_exact),
+                        stride=w.stride, agg=w.aggregation, precise=not s.normalisation.float32_exact,
+                        hold=self._hold if hold is None else hold),
             self.scorer.tracker(), LevelMachine(self.thresholds), self._baseline(asset))
 
     def _baseline(self, asset: str, old: Baseline | BaselineLearner | None = None
@@ -204,22 +223,58 @@ class Pipeline:
             return 0, [Reason.PAYLOAD_SIZE]
         host = self.hosts.get(sub_index)
         if host is not None:
-            return self._sparkplug(host.receive(topic, payload, arrival_wall), arrival_wall, arrival_mono)
-        got = self.decoders[sub_index].decode_cells(topic, payload, arrival_wall, rejects)
+            return self._sparkplug(host.receive(topic, payload, arrival_wall), arrival_wall, arrival_mono,
+                                   self._holds[sub_index])
+        decoder = self.decoders[sub_index]
+        bad: list[Cell] | None = None if decoder.sub.quality_field is None else []
+        got = decoder.decode_cells(topic, payload, arrival_wall, rejects, bad)
         if got is None:
             return 0, rejects
         asset, cells = got
         accepted = 0
+        hold = self._holds[sub_index]
         for ts, chans, values in cells:
-            accepted += self._write_cell(asset, ts, chans, values, arrival_wall, arrival_mono, rejects)
+            accepted += self._write_cell(asset, ts, chans, values, arrival_wall, arrival_mono, rejects, hold)
+        if bad:
+            for ts, chans, _ in bad:
+                for ch in chans:
+                    self._mark_bad(Reading(asset, ch, ts, math.nan), arrival_wall, hold)
         if asset not in self.assets and self.serves(asset):
             # Served but not held (over [windows] max_assets, or every reading refused): its
             # topic leaves the decoder's cache, so a flood of new asset ids costs no memory there.
             self.decoders[sub_index].forget(topic)
         return accepted, rejects
 
+    def _mark_bad(self, r: Reading, wall: float, hold: int) -> None:
+        """A reading of bad quality: its channel stops holding, and the asset reports it degraded.
+
+        Under the same time rules as a reading (one that would be refused changes nothing).
+        """
+        if r.ts > wall + self._skew or r.ts < self._floor:
+            return
+        st = self.assets.get(r.asset)
+        if st is None:
+            if not self._room_for(r.asset):
+                return
+            st = self.assets[r.asset] = self._new_asset(r.asset, hold)
+        if r.ts <= st.floor_ts:
+            return
+        w = st.window
+        cell = cell_of(r.ts, self.spec.period_s)
+        if cell < w.newest - w.lateness:
+            return
+        newly = not w.bad_since or r.channel not in w.bad_since
+        w.mark_bad(r.channel, cell, r.ts)
+        self.dirty.add(r.asset)
+        if newly:
+            # Not scored while a channel is bad: say so now, not only when its next window closes
+            # (a source whose every tag went bad sends nothing that would close one). Windows that
+            # closed before the bad reading are still whole: they are scored as they come.
+            end, newest_ts = (w.newest, w.newest_ts(w.newest)) if w.newest >= 0 else (cell, r.ts)
+            self.notices.append(self._risk_doc(r.asset, st, end, newest_ts, {}, stale=True))
+
     def _write_cell(self, asset: str, ts: float, chans: list[int], values: list[float], wall: float,
-                    mono: float, rejects: list[Reason]) -> int:
+                    mono: float, rejects: list[Reason], hold: int | None = None) -> int:
         """Write the readings of one message that share an event time; returns how many were taken.
 
         The checks of `_write`, made once per message instead of once per reading, with the
@@ -239,7 +294,9 @@ class Pipeline:
             if len(self.assets) >= self._max_assets:
                 rejects.extend([Reason.ASSET_LIMIT] * len(chans))
                 return 0
-            st = self.assets[asset] = self._new_asset(asset)
+            st = self.assets[asset] = self._new_asset(asset, hold)
+        elif hold is not None and st.window.hold != hold:
+            st.window.set_hold(hold)  # restored from a checkpoint, or its subscription's hold changed
         if ts <= st.floor_ts:
             rejects.extend([Reason.LATE] * len(chans))
             return 0
@@ -262,6 +319,8 @@ class Pipeline:
         if accepted:
             st.arrival = mono
             self.dirty.add(asset)
+            if w.bad_since:  # a channel of bad quality: a newer good reading ends it
+                w.mark_good(chans, ts)
         if len(w.ready) > before:
             self.n_ready += len(w.ready) - before
             self._due[asset] = None
@@ -270,33 +329,51 @@ class Pipeline:
     def tick(self, arrival_wall: float, arrival_mono: float) -> tuple[int, list[Reason]]:
         """Let Sparkplug reorder timeouts run out; held messages released count as ingested."""
         accepted, rejects = 0, []
-        for host in self.hosts.values():
-            n, why = self._sparkplug(host.tick(), arrival_wall, arrival_mono)
+        for i, host in self.hosts.items():
+            n, why = self._sparkplug(host.tick(), arrival_wall, arrival_mono, self._holds[i])
             accepted += n
             rejects += why
         return accepted, rejects
 
-    def _sparkplug(self, out: Output, wall: float, mono: float) -> tuple[int, list[Reason]]:
+    def _sparkplug(self, out: Output, wall: float, mono: float, hold: int) -> tuple[int, list[Reason]]:
         rejects = list(out.rejects)
         accepted = 0
+        for b in out.births:
+            self._birth(b)
         for readings, historical in ((out.readings, False), (out.historical, True)):
             for r in readings:
-                reason = self._write(r, wall, mono, historical)
+                reason = self._write(r, wall, mono, historical, hold)
                 if reason is None:
                     accepted += 1
                     if self.recorder is not None:
                         self.recorder.add(r.asset, r.ts, [r.channel], [r.value])
                 else:
                     rejects.append(reason)
+        for r in out.bad:
+            self._mark_bad(r, wall, hold)
         self.commands += out.commands
         self.notices += self.mark_stale(out.stale)
         return accepted, rejects
+
+    def _birth(self, b: Birth) -> None:
+        """A Sparkplug birth redefines an asset: channels it no longer lists stop holding."""
+        st = self.assets.get(b.asset)
+        if st is None:
+            return
+        n = self.spec.n_channels
+        dropped = range(n) if b.listed is None else [c for c in range(n) if c not in b.listed]
+        if dropped:
+            st.window.cut(cell_of(b.ts, self.spec.period_s), dropped)
+            self.dirty.add(b.asset)
 
     def mark_stale(self, assets: list[str]) -> list[RiskOut]:
         """Assets whose source said it died (Sparkplug NDEATH/DDEATH): stale until data resumes."""
         out = []
         for asset in assets:
             st = self.assets.get(asset)
+            if st is not None:
+                st.window.cut(st.window.newest + 1)  # dead: nothing it said holds any longer
+                self.dirty.add(asset)
             if st is not None and not st.stale:
                 st.stale = True
                 st.dead_until = st.window.newest
@@ -306,12 +383,14 @@ class Pipeline:
         return out
 
     def take_sparkplug(self) -> tuple[list[Command], BatchResult]:
-        """What the Sparkplug hosts asked for since the last call: commands, and stale notices."""
+        """What the Sparkplug hosts asked for since the last call: commands, and stale notices
+        (deaths, and channels of any subscription turning bad)."""
         commands, self.commands = self.commands, []
         notices, self.notices = self.notices, []
         return commands, BatchResult(risks=notices)
 
-    def _write(self, r: Reading, wall: float, mono: float, historical: bool = False) -> Reason | None:
+    def _write(self, r: Reading, wall: float, mono: float, historical: bool = False,
+               hold: int | None = None) -> Reason | None:
         if r.ts > wall + self.cfg.windows.max_future_skew_s:
             return Reason.FUTURE
         if r.ts < self._floor:
@@ -322,7 +401,9 @@ class Pipeline:
                 return Reason.NOT_MINE
             if len(self.assets) >= self.cfg.windows.max_assets:
                 return Reason.ASSET_LIMIT
-            st = self.assets[r.asset] = self._new_asset(r.asset)
+            st = self.assets[r.asset] = self._new_asset(r.asset, hold)
+        elif hold is not None and st.window.hold != hold:
+            st.window.set_hold(hold)
         if r.ts <= st.floor_ts:
             return Reason.LATE
         w = st.window
@@ -334,6 +415,8 @@ class Pipeline:
             return Reason.DUPLICATE
         st.arrival = mono
         self.dirty.add(r.asset)
+        if w.bad_since:
+            w.mark_good((r.channel,), r.ts)
         if historical and len(w.ready) > before:
             st.historical.update(c.end for c in w.ready[before:])
         if len(w.ready) > before:
@@ -399,15 +482,14 @@ class Pipeline:
         """Mark assets stale whose readings stopped while the plant's event time moved on.
 
         Event time, not wall time: an asset is stale once the newest cell seen from any asset
-        is more than `max_gap` cells past its own newest cell.
+        is more than `max_gap` cells (or its hold, if longer) past its own newest cell.
         """
         if not self.assets:
             return []
         watermark = max(st.window.newest for st in self.assets.values())
-        limit = watermark - self.cfg.windows.max_gap - 1
         out = []
         for asset, st in self.assets.items():
-            if not st.stale and st.window.newest < limit:
+            if not st.stale and st.window.newest < watermark - st.window.reach - 1:
                 st.stale = True
                 newest = st.window.newest
                 out.append(self._risk_doc(asset, st, newest, st.window.newest_ts(newest), {}))
@@ -427,6 +509,11 @@ class Pipeline:
         stamps: list[float] = []
         xs: list[np.ndarray] = []
         history: list[bool] = []
+        # Each scored window's `stale` as it was when the window was taken, and the stale notices
+        # with the number of scored windows before them: published in the windows' order, so a
+        # batch where an asset turns stale ends with its notice, not with an earlier window.
+        stale: list[bool] = []
+        notices: list[tuple[int, RiskOut]] = []
         baselines: list[Baseline | None] = []
         while self._due and len(names) < max_batch:
             asset = next(iter(self._due))
@@ -444,7 +531,8 @@ class Pipeline:
                 if closed.window is None:
                     if not st.stale and not historical:
                         st.stale = True
-                        out.risks.append(self._risk_doc(asset, st, closed.end, closed.newest_ts, {}))
+                        notice = self._risk_doc(asset, st, closed.end, closed.newest_ts, {})
+                        notices.append((len(names), notice))
                     continue
                 baseline = st.baseline
                 if isinstance(baseline, BaselineLearner):
@@ -458,6 +546,7 @@ class Pipeline:
                 if not historical and closed.end > st.dead_until:
                     st.stale = False
                 names.append(asset)
+                stale.append(st.stale)
                 ends.append(closed.end)
                 stamps.append(closed.newest_ts)
                 xs.append(closed.window)
@@ -465,6 +554,7 @@ class Pipeline:
                 baselines.append(baseline)
         self.metrics.assets.set(len(self.assets))
         if not names:
+            out.risks += [n for _, n in notices]
             return out
         s = self.spec
         raw = np.stack(xs).astype(np.float64, copy=False)  # windows come in the ring's dtype
@@ -484,7 +574,12 @@ class Pipeline:
         self.metrics.windows_inferred.inc(len(names))
         states = [self.assets[a] for a in names]
         scored = self.scorer.score(names, outputs, x, [st.surprise for st in states], ends)
+        pending = iter(notices)
+        due = next(pending, None)
         for i, asset in enumerate(names):
+            while due is not None and due[0] <= i:
+                out.risks.append(due[1])
+                due = next(pending, None)
             st = states[i]
             sc = scored[i]
             risk = sc.risk
@@ -498,10 +593,13 @@ class Pipeline:
             rul = None if sc.rul_cells is None else round(sc.rul_cells * s.period_s, 1)
             # Decide first, so the retained risk message carries the level this window set.
             tr = st.level.update(risk, ends[i])
-            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], sc.signals(), rul))
+            out.risks.append(self._risk_doc(asset, st, ends[i], stamps[i], sc.signals(), rul, stale[i]))
             if tr is not None:
                 out.alerts.append(self._alert(asset, tr.cell, stamps[i], tr.level, tr.previous, risk,
                                               sc.per_channel, rul))
+        if due is not None:
+            out.risks.append(due[1])
+        out.risks += [n for _, n in pending]
         return out
 
     def _event_time(self, end: int, newest_ts: float) -> float:
@@ -512,10 +610,14 @@ class Pipeline:
         return rfc3339_ms(self._event_time(end, newest_ts))
 
     def _risk_doc(self, asset: str, st: AssetState, end: int, newest_ts: float,
-                  signals: dict[str, float | None], rul: float | None = None) -> RiskOut:
+                  signals: dict[str, float | None], rul: float | None = None,
+                  stale: bool | None = None) -> RiskOut:
         doc = {"asset": asset, "ts": self._event_ts(end, newest_ts), "risk": round(st.risk, 6),
-               "level": st.level.level.label, "stale": st.stale, "signals": signals,
+               "level": st.level.level.label, "stale": st.stale if stale is None else stale,
+               "signals": signals,
                "model_version": self.spec.version}
+        if st.window.bad_since:  # channels whose source reports a bad quality: not scored on
+            doc["degraded"] = [self.spec.channels[c] for c in st.window.degraded]
         if rul is not None:
             doc["rul"] = rul
         return RiskOut(asset, doc, st.arrival, self._event_time(end, newest_ts))
@@ -531,7 +633,7 @@ class Pipeline:
         if old is not None:
             self.n_ready -= len(old.window.ready)
             self._due.pop(asset, None)
-        st = self.assets[asset] = self._new_asset(asset)
+        st = self.assets[asset] = self._new_asset(asset, None if old is None else old.window.hold)
         st.floor_ts = max(ts, old.floor_ts if old is not None else -math.inf)
         if self.shadow is not None:
             self.shadow.forget(asset)
@@ -573,4 +675,5 @@ def _host_options(sub: SubscriptionConfig, max_assets: int) -> HostOptions:
     c = sub.sparkplug
     return HostOptions(reorder_timeout_s=c.reorder_timeout_s, rebirth_interval_s=c.rebirth_interval_s,
                        send_rebirth=c.send_rebirth, asset=c.asset, max_pending=c.max_pending,
-                       max_nodes=max_assets, max_devices=max_assets)
+                       max_nodes=max_assets, max_devices=max_assets, hold=sub.hold_s > 0,
+                       good_quality=tuple(sub.good_quality))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -278,6 +279,9 @@ class ModelSpec:
     # Per-asset baselines (None: one normalisation for every asset) and per-asset profiles.
     baseline: BaselinePolicy | None = None
     profiles: dict[str, AssetProfile] = field(default_factory=dict)
+    # Report by exception: how long (seconds) a channel's last value filled the cells after it in
+    # training (`vigil-train fit --hold`; 0: max_gap only). None: a file from before it was recorded.
+    hold_s: float | None = None
     created_at: str = ""
     version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -342,6 +346,8 @@ def _problems(s: ModelSpec) -> list[str]:
         out.append("channels must be unique")
     if not s.period_s > 0:
         out.append("period_s must be > 0")
+    if s.hold_s is not None and not 0 <= s.hold_s < math.inf:
+        out.append("hold_s must be a finite number of seconds >= 0")
     if s.window < 2 or s.horizon < 1 or s.fail_horizon < 1:
         out.append("window >= 2, horizon >= 1 and fail_horizon >= 1 required")
     n = len(s.channels)
@@ -483,6 +489,7 @@ def spec_summary(spec: ModelSpec) -> dict[str, Any]:
         "heads": list(spec.heads),
         "regimes": max(spec.normalisation.n_regimes, 1),
         **({"rul_cap": spec.rul_cap} if spec.rul_cap else {}),
+        **({"hold_s": spec.hold_s} if spec.hold_s is not None else {}),
         "signals": signals(spec),
         "baselines": ("per asset: learnt from an asset's first "
                       f"{spec.baseline.cells} cells unless the model knows it" if spec.baseline else "fleet"),

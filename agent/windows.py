@@ -6,6 +6,12 @@ last value when that value is at most `max_gap` cells old; older than that, the 
 whole and no window covering it is scored. Training builds its windows with `to_grid` and
 `fill_forward`; the agent keeps a preallocated ring of recent cells per asset (`AssetWindow`)
 and runs the very same `fill_forward` on it, so serving windows equal training windows.
+
+Report by exception (`hold`): a source that sends a channel only when it moves past a deadband
+leaves cells empty while the value stands. With a hold of `h` cells a channel's last value
+fills up to max(max_gap, h) cells (training: `fill_forward(grid, max(max_gap, h))`); the agent
+keeps each channel's newest value that left its ring, so the hold costs no ring space. A cut
+(a Sparkplug death or birth, a bad quality) ends a channel's hold before the limit.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
@@ -89,6 +96,38 @@ def fill_forward(grid: FloatArray, max_gap: int) -> tuple[FloatArray, npt.NDArra
     return filled.astype(np.float64), np.asarray(usable.all(axis=1), dtype=np.bool_)
 
 
+def hold_cells(hold_s: float, period_s: float) -> int:
+    """How many cells after its own a value may stand in for missing ones under a hold of `hold_s`."""
+    return math.floor(hold_s / period_s + 1e-9) if hold_s > 0 else 0
+
+
+_NONE_CELL = -(1 << 62)  # "no cell": older than any, so a value from it is never within reach
+
+
+def fill_held(raw: FloatArray, first_cell: int, prior_v: FloatArray, prior_c: npt.NDArray[np.int64],
+              reach: int, cut: npt.NDArray[np.int64] | None) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """`fill_forward` of cells first_cell.. with, per channel, a value from before them (`prior_v`
+    from cell `prior_c`), and cuts: a channel's cell at or after its cut takes no value from
+    before the cut.
+
+    Without cuts, and with the prior value the newest one before `first_cell`, this is exactly
+    `fill_forward(grid, reach)` over the whole history.
+    """
+    n, c = raw.shape
+    have = ~np.isnan(raw)
+    rows = np.arange(n)[:, None]
+    last = np.maximum.accumulate(np.where(have, rows, -1), axis=0)
+    cols = np.arange(c)[None, :]
+    cell = first_cell + rows
+    src = np.where(last >= 0, first_cell + last, prior_c[None, :])
+    usable = cell - src <= reach
+    if cut is not None:
+        usable &= ~((cut[None, :] <= cell) & (src < cut[None, :]))
+    values = np.where(last >= 0, raw[np.clip(last, 0, None), cols], prior_v[None, :])
+    filled = np.where(usable, values, np.nan)
+    return filled.astype(np.float64), np.asarray(usable.all(axis=1), dtype=np.bool_)
+
+
 def sliding_windows(filled: FloatArray, ok: npt.NDArray[np.bool_], window: int) -> npt.NDArray[np.int64]:
     """Row indices e such that rows e-window+1..e are all whole (the windows training may use)."""
     if len(ok) < window:
@@ -160,10 +199,13 @@ class AssetWindow:
         stride: int = 1,
         agg: Aggregation = "last",
         precise: bool = False,
+        hold: int = 0,
     ) -> None:
         self.n_channels = n_channels
         self.window = window
         self.max_gap = max_gap
+        self.hold = 0
+        self.reach = max_gap
         self.lateness = lateness
         self.stride = stride
         self.agg = agg
@@ -197,6 +239,25 @@ class AssetWindow:
         self.last_closed = -1
         self.ready: list[Closed] = []
         self._tails = _tail_slots(self.capacity, window)
+        # A hold beyond the ring's look-back: per channel the newest value (and its cell) that
+        # left the ring. Cuts (per channel, the cell from which older values no longer fill) and
+        # channels marked bad (with the event time of the bad reading) are made when first needed.
+        self._held_v: array[float] | None = None
+        self._held_c: array[int] | None = None
+        self.set_hold(hold)
+        self._cut: array[int] | None = None
+        self.bad_since: dict[int, float] | None = None  # channel -> event time of its bad reading
+
+    def set_hold(self, hold: int) -> None:
+        """Report by exception: a value stands in up to max(max_gap, hold) cells after its own, and
+        the cells of a gap in the asset's readings close as windows too (their values are held)."""
+        self.hold = hold
+        self.reach = max(self.max_gap, hold)
+        if self.reach <= self.max_gap:
+            self._held_v = self._held_c = None  # the ring's look-back is enough
+        elif self._held_v is None:
+            self._held_v = _row("d", math.nan, self.n_channels)[:]
+            self._held_c = _row("q", _NONE_CELL, self.n_channels)[:]
 
     @property
     def _values(self) -> npt.NDArray[np.floating[Any]]:
@@ -212,6 +273,8 @@ class AssetWindow:
         if cell > self.newest:
             if self.newest > self.last_closed:
                 self._close(self.newest)  # a newer cell starts: the newest one is done
+            if self.hold and cell > self.newest + 1 and self.newest >= 0:
+                self._close_gap(cell)
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             return Update.TOO_LATE
@@ -271,6 +334,8 @@ class AssetWindow:
         if cell > self.newest:
             if self.newest > self.last_closed:
                 self._close(self.newest)
+            if self.hold and cell > self.newest + 1 and self.newest >= 0:
+                self._close_gap(cell)
             self._advance(cell)
         elif cell < self.newest - self.lateness:
             rejected.extend([Update.TOO_LATE] * len(channels))
@@ -324,6 +389,46 @@ class AssetWindow:
         self.last_closed = end
         self.ready.append(Closed(end, self.extract(end), self.newest_ts(end)))
 
+    def _close_gap(self, cell: int) -> None:
+        """With a hold: close the cells between the newest and `cell`, where no reading fell.
+
+        Their windows are whole while every channel's value holds. At most `capacity` of them:
+        past the first `window` cells of a gap every window is the same held rows, so a longer
+        silence adds nothing but copies (they share one array).
+        """
+        old = self.newest
+        whole_until = self._held_until(old)
+        same: npt.NDArray[np.floating[Any]] | None = None
+        for end in range(old + 1, min(cell, old + 1 + self.capacity)):
+            if end - self.first + 1 < self.window:
+                continue
+            if self.last_closed >= 0 and end - self.last_closed < self.stride:
+                continue
+            self.last_closed = end
+            if end > whole_until:
+                window = None  # some channel's hold ran out (or was cut) in the gap
+            elif same is not None:
+                window = same
+            else:
+                window = self.extract(end)
+                if end - old >= self.window:
+                    same = window  # every row is a held one from here on
+            self.ready.append(Closed(end, window, math.nan))
+
+    def _held_until(self, newest: int) -> int:
+        """The last cell after `newest` that every channel's held value still fills, when no
+        reading falls after `newest`."""
+        raw = self.cells(newest, self.capacity)
+        have = ~np.isnan(raw)
+        rows = np.where(have.any(axis=0), self.capacity - 1 - np.argmax(have[::-1], axis=0), -1)
+        src = np.where(rows >= 0, newest - self.capacity + 1 + rows,
+                       _NONE_CELL if self._held_c is None else np.frombuffer(self._held_c, dtype=np.int64))
+        until = src + self.reach
+        if self._cut is not None:
+            cut = np.frombuffer(self._cut, dtype=np.int64)
+            until = np.where(cut > src, np.minimum(until, cut - 1), until)
+        return int(until.min())
+
     def take(self) -> list[Closed]:
         """The windows closed since the last call, oldest first."""
         out, self.ready = self.ready, []
@@ -343,12 +448,65 @@ class AssetWindow:
     def _advance(self, cell: int) -> None:
         if self.newest < 0:
             self.first = cell
+        held = self._held_v is not None
         if self.newest < 0 or cell - self.newest >= self.capacity:
+            if held:
+                for c in range(max(self.newest - self.capacity + 1, 0), self.newest + 1):
+                    if self._c[c % self.capacity] == c:
+                        self._evict(c % self.capacity)
             self._c[:] = _row("q", -1, self.capacity)
         else:
             for c in range(self.newest + 1, cell + 1):
-                self._c[c % self.capacity] = -1
+                slot = c % self.capacity
+                if held and self._c[slot] >= 0:
+                    self._evict(slot)  # the cell `capacity` before `c` leaves the ring
+                self._c[slot] = -1
         self.newest = cell
+
+    def _evict(self, slot: int) -> None:
+        """Keep the values of the cell leaving `slot` as the newest ones that left the ring."""
+        assert self._held_v is not None and self._held_c is not None
+        n = self.n_channels
+        cell = self._c[slot]
+        base = slot * n
+        values, held_v, held_c = self._v, self._held_v, self._held_c
+        for ch in range(n):
+            v = values[base + ch]
+            if v == v:  # not NaN: the channel had a value in that cell
+                held_v[ch] = v
+                held_c[ch] = cell
+
+    # -- report by exception: cuts and bad quality ------------------------------------------------
+
+    def cut(self, cell: int, channels: Iterable[int] | None = None) -> None:
+        """End the hold of `channels` (all by default) at `cell`: from `cell` on, their missing
+        cells are filled only from values at or after it (a death, a birth, a bad quality)."""
+        if self._cut is None:
+            self._cut = _row("q", _NONE_CELL, self.n_channels)[:]
+        for ch in range(self.n_channels) if channels is None else channels:
+            if cell > self._cut[ch]:
+                self._cut[ch] = cell
+
+    def mark_bad(self, channel: int, cell: int, ts: float) -> None:
+        """A reading of bad quality at `ts`: the channel stops holding and is degraded until a
+        good reading newer than `ts`."""
+        self.cut(cell, (channel,))
+        if self.bad_since is None:
+            self.bad_since = {}
+        self.bad_since[channel] = max(ts, self.bad_since.get(channel, -math.inf))
+
+    def mark_good(self, channels: Iterable[int], ts: float) -> None:
+        """Readings taken at `ts`: a channel marked bad before `ts` is good again."""
+        bad = self.bad_since
+        if bad:
+            for ch in channels:
+                if ch in bad and ts > bad[ch]:
+                    del bad[ch]
+
+    @property
+    def degraded(self) -> list[int]:
+        """Channels whose newest quality is bad, in channel order."""
+        return sorted(self.bad_since) if self.bad_since else []
 
     def cells(self, end: int, n: int) -> FloatArray:
         """Raw aggregated values of cells end-n+1..end, NaN where nothing is held."""
@@ -384,11 +542,34 @@ class AssetWindow:
             tail = np.asarray(self._values[slots], dtype=np.float64)
             if not np.isnan(tail).any():  # the common case: every cell held, nothing to fill
                 return tail
+        if self._held_v is not None or self._cut is not None:
+            return self._extract_held(end)
         raw = self.cells(end, self.window + self.max_gap)
         tail = raw[-self.window :]
         if not np.isnan(tail).any():  # the common case: nothing to fill
             return tail
         filled, ok = fill_forward(raw, self.max_gap)
+        if not ok[-self.window :].all():
+            return None
+        return filled[-self.window :]
+
+    def _extract_held(self, end: int) -> FloatArray | None:
+        """`extract` with a hold or cuts: every ring cell up to `end`, and before them the values
+        that left the ring, filled up to `reach` cells and never across a cut."""
+        oldest = max(self.newest - self.capacity + 1, 0)
+        n = end - oldest + 1
+        raw = self.cells(end, n)
+        tail = raw[-self.window :]
+        if not np.isnan(tail).any():
+            return tail
+        if self._held_v is not None and self._held_c is not None:
+            prior_v = np.frombuffer(self._held_v, dtype=np.float64)
+            prior_c = np.frombuffer(self._held_c, dtype=np.int64)
+        else:
+            prior_v = np.full(self.n_channels, np.nan)
+            prior_c = np.full(self.n_channels, _NONE_CELL, dtype=np.int64)
+        cut = None if self._cut is None else np.frombuffer(self._cut, dtype=np.int64)
+        filled, ok = fill_held(raw, oldest, prior_v, prior_c, self.reach, cut)
         if not ok[-self.window :].all():
             return None
         return filled[-self.window :]
@@ -416,6 +597,13 @@ class AssetWindow:
                   "filled": np.asarray(self._filled, dtype=np.int32)}
         if self._seen is not None:
             arrays["seen"] = self._seen
+        if self._held_v is not None and self._held_c is not None:
+            arrays["held_v"] = np.frombuffer(self._held_v, dtype=np.float64).copy()
+            arrays["held_c"] = np.frombuffer(self._held_c, dtype=np.int64).copy()
+        if self._cut is not None:
+            arrays["cut"] = np.frombuffer(self._cut, dtype=np.int64).copy()
+        if self.bad_since:
+            arrays["bad"] = np.array(sorted(self.bad_since.items()), dtype=np.float64)
         return arrays, {"newest": self.newest, "first": self.first, "last_closed": self.last_closed}
 
     def restore(self, arrays: dict[str, np.ndarray], counters: dict[str, int]) -> None:
@@ -445,5 +633,15 @@ class AssetWindow:
         self._count = arrays["count"]
         if self._seen is not None and "seen" in arrays:
             self._seen = arrays["seen"]
+        # Report by exception (checkpoints without them: nothing held beyond the ring, no cuts).
+        n = self.n_channels
+        if self._held_v is not None and arrays.get("held_v", np.empty(0)).shape == (n,):
+            self._held_v = array("d", np.ascontiguousarray(arrays["held_v"], dtype=np.float64).tobytes())
+            self._held_c = array("q", np.ascontiguousarray(arrays["held_c"], dtype=np.int64).tobytes())
+        if arrays.get("cut", np.empty(0)).shape == (n,):
+            self._cut = array("q", np.ascontiguousarray(arrays["cut"], dtype=np.int64).tobytes())
+        bad = arrays.get("bad")
+        if bad is not None and bad.ndim == 2 and bad.shape[1] == 2:
+            self.bad_since = {int(ch): float(ts) for ch, ts in bad if 0 <= int(ch) < n}
         self.newest, self.first = newest, counters["first"]
         self.last_closed = counters["last_closed"]

@@ -64,7 +64,7 @@ def test_recording_is_exactly_what_was_accepted_and_a_clean_stop_flushes_it(
         (f"plant/pump-1/{channels[0]}", {"ts": 946684000, "value": 1.0}),        # too_old
         (f"plant/pump-1/{channels[0]}", {"ts": t0 - 86400, "value": 1.0}),       # late
         (f"plant/pump-1/{channels[0]}", {"ts": t0 + 400, "value": "1.5"}),       # type
-        ("plant/pump-1/humidity", {"ts": t0 + 400, "value": 1.0}),               # unknown_channel
+        ("plant/pump-1/humidity", {"ts": t0 + 400, "value": 1.0}),               # unmapped (ignored)
     ]
     with running_agent(config, port, tmp_path / "agent.log") as agent:
         agent.wait_ready()
@@ -73,8 +73,10 @@ def test_recording_is_exactly_what_was_accepted_and_a_clean_stop_flushes_it(
         def counted() -> bool:
             text = agent.scrape()
             rejected = sum(metric(text, "vigil_readings_rejected_total", f'reason="{r}"') or 0
-                           for r in ("duplicate", "future", "too_old", "late", "type", "unknown_channel"))
-            return metric(text, "vigil_readings_accepted_total") == len(accepted) and rejected == 6
+                           for r in ("duplicate", "future", "too_old", "late", "type"))
+            ignored = metric(text, "vigil_readings_ignored_total", 'reason="unmapped"')
+            return (metric(text, "vigil_readings_accepted_total") == len(accepted)
+                    and (rejected, ignored) == (5, 1))
         wait_until(counted, 15, what="every reading accepted or rejected")
         assert list((tmp_path / "rec").rglob("*.parquet")) == []  # still in the buffer
         assert agent.terminate() == 0

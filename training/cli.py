@@ -40,6 +40,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _duration(text: str) -> float:
+    """A duration argument: seconds, or a number with a unit ("90s", "30m", "12h", "3d")."""
+    from agent.config import parse_duration
+
+    try:
+        return parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
@@ -79,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fail-horizon", type=_positive_int,
                    help="failure horizon in cells: fail_prob is P(failure within it) (default 1440)")
     f.add_argument("--max-gap", type=int, help="gaps up to this many cells are filled forward (default 5)")
+    f.add_argument("--hold", dest="hold_s", type=_duration, metavar="DURATION",
+                   help="report by exception: a channel's last value fills the cells after it for this "
+                        "long (e.g. 10m, 7d; default 0: max-gap only), as the agent's subscription `hold`; "
+                        "recorded in the model file")
     f.add_argument("--rul-cap", type=float,
                    help="RUL head with piecewise-linear target min(RUL, cap) in cells; 0 = none")
     f.add_argument("--no-forecast", dest="forecast", action="store_false", default=None,
@@ -160,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", dest="fmt", choices=FORMATS, default="long")
     e.add_argument("--rul", type=Path, help="C-MAPSS RUL_FD00x.txt for a test file (default: beside it)")
     e.add_argument("--max-gap", type=int, default=5)
+    e.add_argument("--hold", dest="hold_s", type=_duration, metavar="DURATION",
+                   help="how long a channel's last value fills the cells after it (default: the model's)")
     e.add_argument("--report", type=Path, help="directory for metrics.json, report.md and plots")
 
     i = sub.add_parser("inspect", help="print a model file's metadata")
@@ -224,7 +240,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if history is None:
         raise ValueError("evaluate needs a history file (DATA or --history)")
     ev = evaluate_file(args.model, history, args.events, fmt=args.fmt, rul_file=args.rul,
-                       max_gap=args.max_gap)
+                       max_gap=args.max_gap, hold_s=args.hold_s)
     print(json.dumps(ev.metrics, indent=2))
     if args.report:
         from training.report import render

@@ -28,7 +28,7 @@ from training import level as lvl
 from training import surprise as sur
 from training.calibrate import Predictions
 from training.data import Event, Format, History, load_events, load_history
-from training.labels import Inputs, WindowSet, build_windows
+from training.labels import Inputs, WindowSet, build_windows, fill_reach
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -195,14 +195,19 @@ def load_for_model(spec: ModelSpec, history: Path, events: Path | None, fmt: For
 
 
 def evaluate_file(model: Path, history: Path, events: Path | None = None, *, fmt: Format = "long",
-                  rul_file: Path | None = None, max_gap: int = 5) -> Evaluation:
-    """A model file scored on a history through the agent's runtime."""
+                  rul_file: Path | None = None, max_gap: int = 5, hold_s: float | None = None) -> Evaluation:
+    """A model file scored on a history through the agent's runtime.
+
+    `hold_s`: how long a channel's last value fills the cells after it (None: as the model was
+    trained, from its metadata).
+    """
     rt = load_model(model)
     spec = rt.spec
     hist, evs = load_for_model(spec, history, events, fmt, rul_file)
+    hold = (spec.hold_s or 0.0) if hold_s is None else hold_s
     # C-MAPSS test engines may be shorter than the window: pad them with their first cycle.
     ws = build_windows(hist, evs, window=spec.window, horizon=spec.horizon, fail_horizon=spec.fail_horizon,
-                       max_gap=max_gap, pad_start=fmt == "cmapss")
+                       max_gap=fill_reach(max_gap, hold, hist.period_s), pad_start=fmt == "cmapss")
     if spec.baseline is not None:  # each asset against its baseline: the file's, or learnt as the agent would
         ws = base.apply(ws, base.for_model(ws, spec))
     if len(ws) == 0:
@@ -214,6 +219,7 @@ def evaluate_file(model: Path, history: Path, events: Path | None = None, *, fmt
 
 
 def evaluate(model: Path, history: Path, events: Path | None = None, *, fmt: Format = "long",
-             rul_file: Path | None = None, max_gap: int = 5) -> dict[str, Any]:
+             rul_file: Path | None = None, max_gap: int = 5, hold_s: float | None = None) -> dict[str, Any]:
     """Metrics of a model file on a history: RUL, PR-AUC, lead time, false alarms, forecast error."""
-    return evaluate_file(model, history, events, fmt=fmt, rul_file=rul_file, max_gap=max_gap).metrics
+    return evaluate_file(model, history, events, fmt=fmt, rul_file=rul_file, max_gap=max_gap,
+                         hold_s=hold_s).metrics

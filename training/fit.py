@@ -48,7 +48,15 @@ from training.data import Event, Format, History, load_events, load_history
 from training.evaluate import Evaluation, failure_cells, flat, metrics_of, score
 from training.export import export
 from training.gan import GanConfig, diversity, pre_failure, train_gan, with_synthetic
-from training.labels import Inputs, WindowSet, build_windows, fit_normalisation, healthy_mask, input_quantiles
+from training.labels import (
+    Inputs,
+    WindowSet,
+    build_windows,
+    fill_reach,
+    fit_normalisation,
+    healthy_mask,
+    input_quantiles,
+)
 from training.model import Ensemble, Forecaster, ModelConfig, n_params
 from training.regimes import Scaling
 from training.source import MemorySource, WindowSource
@@ -91,6 +99,9 @@ class FitOptions:
     horizon: int = 5
     fail_horizon: int = 1440
     max_gap: int = 5
+    # Report by exception: a channel's last value fills the cells after it for this long (seconds),
+    # as the agent's subscription `hold` does; recorded in the model file.
+    hold_s: float = 0.0
     pad_start: bool = False
     rul_cap: float = 0.0                  # 0: no RUL head
     forecast: bool = True
@@ -221,7 +232,8 @@ def prepare(opts: FitOptions) -> Prepared:
     its own baseline, measure every window against it."""
     history, events = load_data(opts)
     ws = build_windows(history, events, window=opts.window, horizon=opts.horizon,
-                       fail_horizon=opts.fail_horizon, max_gap=opts.max_gap, pad_start=opts.pad_start)
+                       fail_horizon=opts.fail_horizon, pad_start=opts.pad_start,
+                       max_gap=fill_reach(opts.max_gap, opts.hold_s, history.period_s))
     if len(ws) == 0:
         raise ValueError(f"{opts.history}: no whole window of {opts.window} cells in the history"
                          f"{_too_short(opts, history)}")
@@ -351,7 +363,8 @@ def streamed(opts: FitOptions, work: Path, ctx: dist.Dist = dist.SINGLE) -> Trai
                          "--split time and --baseline asset, or train in memory")
     split = _named_split(opts, cache.names) or split_by_asset(
         cache.names, failing, opts.val_fraction, opts.seed, opts.test_fraction)
-    windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon, opts.max_gap, opts.pad_start)
+    windowing = Windowing(opts.window, opts.horizon, opts.fail_horizon,
+                          fill_reach(opts.max_gap, opts.hold_s, cache.period_s), opts.pad_start)
     stats = dist.broadcast(ctx, fit_statistics(
         cache, sorted(split.train), events, windowing, regime_channels=_regime_index(opts, cache.channels),
         n_regimes=opts.n_regimes, scaling=opts.scaling, seed=opts.seed, rul_cap=opts.rul_cap, clip=opts.clip)
@@ -710,7 +723,7 @@ def calibrate(model: Forecaster | Ensemble, opts: FitOptions, history: History, 
         rul_cap=float(model.rul_cap) if model.has_rul else 0.0, anomaly=anomaly_stats,
         level=None if level is None else level[0],
         baseline=None if baselines is None else baselines.policy,
-        profiles=_profiles(baselines, own, {} if level is None else level[1]))
+        profiles=_profiles(baselines, own, {} if level is None else level[1]), hold_s=opts.hold_s)
     return spec, pred
 
 

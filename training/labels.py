@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.spec import Normalisation
-from agent.windows import cell_of, fill_forward, sliding_windows
+from agent.windows import cell_of, fill_forward, hold_cells, sliding_windows
 from training.data import Event, History
 from training.regimes import RowBlocks, Scaling, finite_blocks, rows_at, sample_index
 from training.regimes import fit_normalisation as fit_rows
@@ -108,6 +108,12 @@ def _y(ws: WindowSet, y: F32, idx: IntArray) -> F32:
     y = np.nan_to_num(y, nan=0.0)
     y[~ws.has_target[idx]] = 0.0
     return y
+
+
+def fill_reach(max_gap: int, hold_s: float, period_s: float) -> int:
+    """How many cells a channel's last value fills: `max_gap`, or its hold (report by exception)
+    if longer, exactly as the agent's windows fill them."""
+    return max(max_gap, hold_cells(hold_s, period_s))
 
 
 def build_windows(history: History, events: list[Event], *, window: int, horizon: int,

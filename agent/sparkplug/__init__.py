@@ -5,8 +5,8 @@ aliases, seq, deaths) and turns messages into readings, `primary` publishes this
 """
 
 from agent.sparkplug.codec import ChannelMap, MessageType, Topic, parse_topic
-from agent.sparkplug.host import Command, Host, HostOptions, Output
+from agent.sparkplug.host import Birth, Command, Host, HostOptions, Output
 from agent.sparkplug.reasons import SparkplugReason
 
-__all__ = ["ChannelMap", "Command", "Host", "HostOptions", "MessageType", "Output", "SparkplugReason",
-           "Topic", "parse_topic"]
+__all__ = ["Birth", "ChannelMap", "Command", "Host", "HostOptions", "MessageType", "Output",
+           "SparkplugReason", "Topic", "parse_topic"]

@@ -144,6 +144,38 @@ def metric_value(m: Metric, datatype: int) -> float | Reason:
     return float(raw)
 
 
+QUALITY_PROPERTY: Final = "quality"  # compared without case: Ignition writes "Quality"
+
+
+def _property_value(v: Payload.PropertyValue) -> object:
+    """A property's value as a plain Python value (None: null or a kind a quality never is)."""
+    if v.is_null:
+        return None
+    kind = v.WhichOneof("value")
+    if kind in ("int_value", "long_value"):
+        raw = v.int_value if kind == "int_value" else v.long_value
+        width = _INTEGERS.get(v.type, (64 if kind == "long_value" else 32, True))
+        bits, signed = width
+        raw &= (1 << bits) - 1
+        if signed and raw >= 1 << (bits - 1):
+            raw -= 1 << bits  # Ignition 8 quality codes are signed 32-bit: bad ones are negative
+        return raw
+    if kind in ("float_value", "double_value", "boolean_value", "string_value"):
+        return getattr(v, kind)
+    return None
+
+
+def metric_quality(m: Metric) -> object | None:
+    """The metric's Quality property (e.g. 192, Ignition's and OPC DA's "good"), or None."""
+    if not m.HasField("properties"):
+        return None
+    props = m.properties
+    for key, value in zip(props.keys, props.values, strict=False):
+        if isinstance(key, str) and key.casefold() == QUALITY_PROPERTY:
+            return _property_value(value)
+    return None
+
+
 def event_ts(m: Metric, payload: Payload, arrival: float) -> float:
     """Epoch seconds of a metric: its own timestamp, else the payload's, else arrival (all UTC ms)."""
     if m.HasField("timestamp"):
@@ -183,7 +215,7 @@ class ChannelMap:
         """The reading for one numeric metric value, or why it cannot be one."""
         ch = self.lookup(name)
         if ch is None:
-            return Reason.CHANNEL
+            return Reason.UNMAPPED
         idx, scale, offset = ch
         v = value * scale + offset
         if not (math.isfinite(v) and abs(v) <= MAX_ABS_VALUE):
@@ -195,9 +227,17 @@ class ChannelMap:
 
 
 def new_metric(datatype: int, value: float | int | bool | str | None, *, name: str | None = None,
-               alias: int | None = None, ts_ms: int | None = None, historical: bool = False) -> Metric:
-    """One metric with its value in the field §6.4.17 assigns to its datatype (None: is_null)."""
+               alias: int | None = None, ts_ms: int | None = None, historical: bool = False,
+               quality: int | str | None = None) -> Metric:
+    """One metric with its value in the field §6.4.17 assigns to its datatype (None: is_null),
+    and a Quality property (Int32 or String) as Ignition sends it."""
     m = Metric(datatype=datatype)
+    if quality is not None:
+        m.properties.keys.append("Quality")
+        if isinstance(quality, str):
+            m.properties.values.add(type=DataType.String, string_value=quality)
+        else:
+            m.properties.values.add(type=DataType.Int32, int_value=quality & 0xFFFFFFFF)
     if name is not None:
         m.name = name
     if alias is not None:

@@ -12,16 +12,20 @@ Spec: Eclipse Sparkplug 3.0.0, §5 (operational behaviour) and §6.4 (payloads).
 
 from __future__ import annotations
 
+import math
 import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.ingest import Reading, Reason
+from agent.config import DEFAULT_GOOD_QUALITY
+from agent.ingest import Reading, Reason, good_set, quality_key
 from agent.names import valid_name
 from agent.sparkplug.codec import (
     BD_SEQ,
+    KNOWN_TYPES,
     NAMESPACE,
+    NUMERIC,
     SEQ_MODULUS,
     ChannelMap,
     MessageType,
@@ -29,6 +33,7 @@ from agent.sparkplug.codec import (
     bd_seq_of,
     event_ts,
     ids_valid,
+    metric_quality,
     metric_value,
     parse_payload,
     parse_topic,
@@ -59,6 +64,11 @@ class HostOptions:
     """Out-of-order messages held per edge node; one more closes the gap at once."""
     max_nodes: int = 10_000
     max_devices: int = 10_000
+    hold: bool = True
+    """Values hold until a new one (the subscription's `hold`): a birth's values are current at the
+    birth, whatever timestamp each metric carries (Ignition sends when the value last changed)."""
+    good_quality: tuple[bool | int | float | str, ...] = DEFAULT_GOOD_QUALITY
+    """Values of a metric's Quality property that are good; any other marks the reading bad."""
 
     def __post_init__(self) -> None:
         fields = {f for _, f, _, _ in string.Formatter().parse(self.asset) if f is not None}
@@ -78,6 +88,15 @@ class Command:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Birth:
+    """A birth at `ts` redefined `asset`: channels it did not list (`listed` None: none) stop holding."""
+
+    asset: str
+    ts: float
+    listed: frozenset[int] | None
+
+
 @dataclass
 class Output:
     """What one message (or a tick) produced."""
@@ -91,6 +110,10 @@ class Output:
     """Assets whose edge node or device died: their data is STALE until the next birth."""
     alive: list[str] = field(default_factory=list)
     """Assets just born (NBIRTH with mapped node metrics, or DBIRTH)."""
+    bad: list[Reading] = field(default_factory=list)
+    """Readings of bad quality (is_null, or a Quality property not good); value NaN, not written."""
+    births: list[Birth] = field(default_factory=list)
+    """Births in order: what each asset's held values were redefined by."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +167,7 @@ class Host:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.channels = channels
         self.options = options or HostOptions()
+        self._good = good_set(self.options.good_quality)
         self.clock = clock   # the reorder timeout and the rebirth rate limit
         self.wall = wall     # the timestamp of rebirth requests
         self._nodes: dict[tuple[str, str], _Node] = {}
@@ -301,6 +325,9 @@ class Host:
         if asset is None:
             out.rejects.append(Reason.NAME)
             return
+        ts = msg.payload.timestamp / 1000.0 if msg.payload.HasField("timestamp") else msg.arrival
+        # A new session: the devices of the last one are no longer born, their values no longer held.
+        out.births.extend(Birth(d.asset, ts, None) for d in node.devices.values())
         self._n_devices -= len(node.devices)
         node.devices = {}
         node.scope = _Scope(asset)
@@ -330,7 +357,13 @@ class Host:
         out.alive.append(asset)
 
     def _birth(self, scope: _Scope, msg: _Held, out: Output) -> None:
-        """Learn each metric's name, alias and datatype; births carry current values too."""
+        """Learn each metric's name, alias and datatype; births carry current values too.
+
+        A birth's metric definitions are not readings: a tag the model cannot use is ignored
+        without being counted (its data messages are counted).
+        """
+        ts = msg.payload.timestamp / 1000.0 if msg.payload.HasField("timestamp") else msg.arrival
+        listed: set[int] = set()
         for m in msg.payload.metrics:
             name = text(m.name)
             if not name:
@@ -340,7 +373,10 @@ class Host:
             scope.by_name[name] = d
             if m.HasField("alias"):
                 scope.by_alias[m.alias] = d
-            self._emit(scope, d, m, msg, out)
+            ch = self._emit(scope, d, m, msg, out, birth_ts=ts)
+            if ch is not None:
+                listed.add(ch)
+        out.births.append(Birth(scope.asset, ts, frozenset(listed)))
 
     def _data(self, node: _Node, scope: _Scope, msg: _Held, out: Output) -> None:
         unknown = False
@@ -358,19 +394,47 @@ class Host:
         if unknown:
             self._rebirth(node, out)
 
-    def _emit(self, scope: _Scope, d: _Def, m: Payload.Metric, msg: _Held, out: Output) -> None:
+    def _emit(self, scope: _Scope, d: _Def, m: Payload.Metric, msg: _Held, out: Output,
+              birth_ts: float | None = None) -> int | None:
+        """One metric's reading into `out` (or why not); returns its model channel, if it has one.
+
+        Tags the model cannot use are ignored: non-numeric datatypes (`unsupported`) and numbers
+        that are not model channels (`unmapped`), counted only in data messages. A null value (how Ignition
+        reports a bad quality) or a Quality property that is not good is `bad_quality`.
+        """
         if d.name == BD_SEQ or d.name.startswith(("Node Control/", "Device Control/")):
-            return  # session bookkeeping, not measurements
+            return None  # session bookkeeping, not measurements
+        birth = birth_ts is not None
+        if d.datatype not in NUMERIC:
+            if d.datatype not in KNOWN_TYPES:
+                out.rejects.append(Reason.TYPE)  # not a Sparkplug datatype at all: bad input
+            elif not birth:
+                out.rejects.append(Reason.UNSUPPORTED)
+            return None
+        ch = self.channels.lookup(d.name)
+        if ch is None:
+            if not birth:
+                out.rejects.append(Reason.UNMAPPED)
+            return None
+        ts = event_ts(m, msg.payload, msg.arrival)
+        if birth and self.options.hold and not m.is_historical and birth_ts is not None:
+            ts = max(ts, birth_ts)  # the value stands at the birth, however long it has not changed
+        q = metric_quality(m)
+        if m.is_null or (q is not None and quality_key(q) not in self._good):
+            out.rejects.append(Reason.QUALITY)
+            out.bad.append(Reading(scope.asset, ch[0], ts, math.nan))
+            return ch[0]
         value = metric_value(m, d.datatype)
         if isinstance(value, Reason):
             out.rejects.append(value)
-            return
-        r = self.channels.reading(scope.asset, d.name, value, event_ts(m, msg.payload, msg.arrival))
+            return ch[0]
+        r = self.channels.reading(scope.asset, d.name, value, ts)
         if isinstance(r, Reason):
             out.rejects.append(r)
-            return
+            return ch[0]
         scope.used = True
         (out.historical if m.is_historical else out.readings).append(r)
+        return ch[0]
 
     def _death(self, node: _Node, p: Payload, out: Output) -> None:
         """NDEATH: the session ends only if its bdSeq is the current birth's.

@@ -168,8 +168,9 @@ class TestDecoderJson:
         assert decode(cfg, "plant/p1", {"ts": TS, "value": 1}) == ([], [Reason.TOPIC])
 
     def test_unknown_channel(self) -> None:
-        """A channel the model does not have is rejected as `unknown_channel`."""
-        assert decode(sub(), "plant/p1/rpm", {"ts": TS, "value": 1})[1] == [Reason.CHANNEL]
+        """A channel the model does not have is ignored as `unmapped`, which is not a rejection."""
+        assert decode(sub(), "plant/p1/rpm", {"ts": TS, "value": 1})[1] == [Reason.UNMAPPED]
+        assert Reason.UNMAPPED.is_ignored and not Reason.UNMAPPED.is_rejection
 
     def test_channel_map_scale_offset(self) -> None:
         """channel_map renames a source channel; scale and offset (keyed by model channel) apply."""
@@ -220,7 +221,7 @@ class TestDecoderJsonMulti:
         got, why = decode(multi(), "plant/p1", '{"ts": 1767225000, "values": {"temp": 1, '
                                                '"vib": "x", "press": NaN, "rpm": 4, "a+b": 1}}')
         assert got == [Reading("p1", 0, TS, 1.0)]
-        assert sorted(why) == sorted([Reason.TYPE, Reason.NONFINITE, Reason.CHANNEL, Reason.NAME])
+        assert sorted(why) == sorted([Reason.TYPE, Reason.NONFINITE, Reason.UNMAPPED, Reason.NAME])
 
     def test_missing_ts(self) -> None:
         """An item without ts is rejected once as `ts`, whatever it holds."""

@@ -52,7 +52,7 @@ def test_each_bad_form_counted_under_its_reason(trained: Path, broker: Broker, t
         (t, json.dumps({"ts": 946684000, "value": 1.0}).encode()),         # too_old (1999)
         (t, json.dumps({"ts": now - 600 - 3600, "value": 1.0}).encode()),  # late (60 cells back)
         (t, b'{"ts": 1, "value": ' + b"1" * 70000 + b"}"),                 # payload_size
-        ("plant/pump-001/humidity", json.dumps({"ts": now - 600, "value": 1.0}).encode()),
+        ("plant/pump-001/humidity", json.dumps({"ts": now - 600, "value": 1.0}).encode()),  # unmapped
         ("deep/pump-001/speed/extra", json.dumps({"ts": now - 600, "value": 1.0}).encode()),  # topic
         ("multi/pump-002", json.dumps({"ts": now - 600, "values": {"a/b": 1.0, "speed": 1000.0}}).encode()),
         ("multi/pump-002", json.dumps([{"ts": now - 540, "values": {"speed": 1.0}}, 7]).encode()),
@@ -61,8 +61,7 @@ def test_each_bad_form_counted_under_its_reason(trained: Path, broker: Broker, t
         ("plant/pump-001/speed", json.dumps({"ts": now - 600, "value": 1200.0}).encode()),  # known: ok
     ]
     expected = {"duplicate": 1, "malformed": 2, "type": 2, "nonfinite": 1, "ts": 2, "future": 1,
-                "too_old": 1, "late": 1, "payload_size": 1, "unknown_channel": 1, "topic": 1,
-                "name": 1, "asset_limit": 1}
+                "too_old": 1, "late": 1, "payload_size": 1, "topic": 1, "name": 1, "asset_limit": 1}
     with running_agent(config, port, tmp_path / "agent.log") as agent:
         agent.wait_ready()
         publish_all(broker.port, sends, "bad-publisher")
@@ -72,7 +71,8 @@ def test_each_bad_form_counted_under_its_reason(trained: Path, broker: Broker, t
             # The last message is accepted: wait for it too, not just for the rejections before it.
             return metric(text, "vigil_readings_accepted_total") == 5 and all(
                 metric(text, "vigil_readings_rejected_total", f'reason="{r}"') == n
-                for r, n in expected.items())
+                for r, n in expected.items()) and metric(
+                text, "vigil_readings_ignored_total", 'reason="unmapped"') == 1
         try:
             wait_until(counted, 15, what="every rejection counted")
         finally:

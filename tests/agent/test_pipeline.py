@@ -34,7 +34,7 @@ T0 = 1_767_225_600.0  # a cell boundary: 2026-01-01T00:00:00Z
 WALL = T0 + 10_000 * PERIOD_S  # the wall clock, well after every reading
 AGENT = "gw-test"
 REJECTIONS = ("malformed", "payload_size", "topic", "name", "type", "nonfinite", "ts", "future",
-              "too_old", "late", "duplicate", "unknown_channel", "asset_limit")
+              "too_old", "late", "duplicate", "asset_limit")
 
 
 def config(tmp_path: Path, model: Path, **windows: Any) -> AgentConfig:
@@ -378,6 +378,9 @@ class TestMetrics:
         """Every reason, level and reload result is visible at zero, and the model info is set."""
         for reason in REJECTIONS:
             assert h.sample("vigil_readings_rejected_total", reason=reason) == 0.0
+        for reason in ("unmapped", "unsupported", "bad_quality"):
+            assert h.sample("vigil_readings_ignored_total", reason=reason) == 0.0
+            assert h.sample("vigil_readings_rejected_total", reason=reason) is None
         for level in ("ok", "warning", "critical"):
             assert h.sample("vigil_alerts_total", level=level) == 0.0
         for result in ("success", "failure"):

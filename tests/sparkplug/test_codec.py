@@ -128,7 +128,7 @@ class TestChannelMap:
         cm = ChannelMap(CHANNELS, {"Pump/Temp F": "temp"}, scale={"temp": 0.5}, offset={"temp": -16.0})
         assert cm.reading("p1", "Pump/Temp F", 100.0, 5.0) == Reading("p1", 0, 5.0, 34.0)
         assert cm.reading("p1", "vib", 0.3, 5.0) == Reading("p1", 1, 5.0, 0.3)
-        assert cm.reading("p1", "Pump/Unknown", 1.0, 5.0) is Reason.CHANNEL
+        assert cm.reading("p1", "Pump/Unknown", 1.0, 5.0) is Reason.UNMAPPED
         assert cm.reading("p1", "vib", 1e300, 5.0) is Reason.NONFINITE
 
 
