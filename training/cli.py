@@ -180,7 +180,85 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="print a model file's metadata")
     i.add_argument("model", type=Path)
+    _refit_parser(sub)
     return p
+
+
+def _holdout(text: str) -> tuple[float | None, float | None]:
+    """A fraction of the recording's event time (0.2) or a duration (seconds, or 90m, 12h, 2d)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            v = float(t[:-1]) * units[t[-1]]
+        else:
+            v = float(t)
+            if 0 < v < 1:
+                return v, None
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"a fraction in (0, 1) or a duration such as 36h or 2d, got {text}")
+    return None, v
+
+
+def _refit_parser(sub: Any) -> None:
+    from training.refit import DEFAULT_HOLDOUT, DEFAULT_KEEP, EXIT_BUSY, EXIT_FAILED, EXIT_REFUSED
+
+    r = sub.add_parser(
+        "refit", help="train a candidate from an agent's recording, judge it against the live model, "
+        "install it as the shadow model when it is not worse",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a candidate model from the agent's state directory (recording/ and "
+        "events.csv) on all but the most recent part of the recording, judge it against the live model "
+        "on that part as the agent would run both, write a report, and install it as models/shadow.pt "
+        "when it is not worse (README: Learning and refits). Prints one JSON line: the decision, also "
+        "appended to models/decisions.jsonl. With --first, fit the first model on everything to --out.",
+        epilog=f"exit status: 0 accepted (installed), {EXIT_REFUSED} refused (worse than the live model), "
+        f"{EXIT_FAILED} failed (training error, too little history, a model that does not validate, "
+        f"bad input), {EXIT_BUSY} busy (another refit holds the state directory). Refused and failed "
+        "refits leave the live model and shadow.pt as they were.")
+    r.add_argument("--state", type=Path, required=True, help="the agent's state directory")
+    r.add_argument("--live", type=Path,
+                   help="the live model file (default: the model fit.json names, the first fit's --out)")
+    r.add_argument("--out", type=Path,
+                   help="where an accepted candidate goes (default DIR/models/shadow.pt); with --first, "
+                   "the model file to write (required; never replaced)")
+    r.add_argument("--first", action="store_true",
+                   help="no live model yet: fit the first one on the whole recording, write fit.json")
+    r.add_argument("--holdout", type=_holdout, default=(DEFAULT_HOLDOUT, None),
+                   help=f"the most recent part held out for judging: a fraction of the event time "
+                   f"(default {DEFAULT_HOLDOUT:g}) or a duration (36h, 2d); at least window + horizon cells")
+    r.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    r.add_argument("--sensitivity", type=_positive_float, default=1.0,
+                   help="judge with the agent's [model] sensitivity (default 1)")
+    r.add_argument("--keep", type=_positive_int, default=DEFAULT_KEEP,
+                   help=f"candidates and reports kept in models/ (default {DEFAULT_KEEP})")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    g = r.add_argument_group("fit options", "override fit.json (the first fit's options) for this run; "
+                             "a refit always keeps the live model's channels, period and window")
+    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--hidden", type=_positive_int)
+    g.add_argument("--layers", type=_positive_int)
+    g.add_argument("--dropout", type=_fraction)
+    g.add_argument("--lr", type=_positive_float)
+    g.add_argument("--patience", type=_positive_int)
+    g.add_argument("--windows-per-epoch", type=_positive_int)
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--members", type=_positive_int)
+    g.add_argument("--false-alarms", dest="false_alarms_per_30_days", type=_positive_float)
+    g.add_argument("--split", choices=SPLITS)
+    g.add_argument("--baseline", choices=BASELINES)
+    g.add_argument("--cell", choices=["lstm", "gru", "rnn"])
+    g.add_argument("--encoder", choices=["recurrent", "trend"])
+    g.add_argument("--val-fraction", type=_fraction)
+    g.add_argument("--horizon", type=_positive_int)
+    g.add_argument("--fail-horizon", type=_positive_int)
+    g.add_argument("--window", type=_positive_int, help="--first only")
+    g.add_argument("--period", dest="period_s", type=_positive_float, help="--first only")
+    g.add_argument("--channels", type=_names, help="--first only")
+    g.add_argument("--regime-channels", type=_names)
 
 
 def fit_options(args: argparse.Namespace) -> Any:
@@ -250,6 +328,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refit(args: argparse.Namespace) -> int:
+    from training.fit import FitOptions
+    from training.refit import EXIT_BUSY, EXIT_FAILED, RUN_FIELDS, Busy, Request, run
+
+    names = {f.name for f in fields(FitOptions)} - RUN_FIELDS
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    fraction, seconds = args.holdout
+    req = Request(state=args.state, live=args.live, out=args.out, first=args.first,
+                  holdout_fraction=fraction or 0.0, holdout_s=seconds, options=given, threads=args.threads,
+                  sensitivity=args.sensitivity, keep=args.keep, progress=not args.quiet)
+    try:
+        decision = run(req)
+    except Busy as exc:
+        print(f"vigil-train: refit busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except (VigilError, ValueError, OSError) as exc:
+        print(f"vigil-train: refit failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(decision.line(), flush=True)
+    if decision.result != "accepted":
+        print(f"vigil-train: refit {decision.result}: {decision.reason}", file=sys.stderr)
+    return decision.exit_code
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from agent.runtime import read_spec
 
@@ -259,7 +361,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"fit": _fit, "evaluate": _evaluate, "inspect": _inspect}
+    handlers = {"fit": _fit, "evaluate": _evaluate, "inspect": _inspect, "refit": _refit}
     try:
         code = handlers[args.command](args)
     except (VigilError, ValueError, OSError) as exc:
