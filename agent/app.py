@@ -528,17 +528,7 @@ class Agent:
         self._count_by_reason(accepted, Counter(rejects))
 
     def _count_by_reason(self, accepted: int, reasons: Counter[Reason]) -> None:
-        """Readings not written go to rejected (bad input), ignored (normal traffic the model has
-        no use for) or skipped (another agent's assets)."""
-        if accepted:
-            self.metrics.readings_accepted.inc(accepted)
-        for reason, n in reasons.items():
-            if reason.is_rejection:
-                self.metrics.readings_rejected.labels(reason.value).inc(n)
-            elif reason.is_ignored:
-                self.metrics.readings_ignored.labels(reason.value).inc(n)
-            else:
-                self.metrics.readings_skipped.inc(n)
+        self.metrics.count_readings(accepted, reasons)
 
     def _send_sparkplug(self) -> None:
         """Publish the hosts' rebirth requests (NCMD: QoS 0, not retained) and stale notices."""
@@ -827,6 +817,9 @@ class Agent:
                 return
             self.refit = None
             self.metrics.refit_running.set(0)
+            if got.result == "busy":  # a refit run by a timer holds the state dir: its shadow will come
+                self.log.info("refit_busy", reason=got.reason)
+                return
             result = got.result if got.result in ("accepted", "refused", "failed") else "failed"
             self.metrics.candidates.labels(result).inc()
             (self.log.info if result == "accepted" else self.log.warning)(

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,6 +31,7 @@ from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.events import EventLog, parse_event
+from agent.history import recorded_history
 from agent.http import HealthServer
 from agent.ingest import Decoder, Reason
 from agent.logs import RateLimited
@@ -40,6 +40,7 @@ from agent.mqtt import Control, Link, health_topic
 
 MAX_CHANNELS = 256   # channels a learning agent records: a typo in a topic must not grow it for ever
 RETRY_S = 3600.0     # after a failed first fit, try again this much later (wall time)
+EXIT_BUSY = 5        # `vigil-train refit`: another refit holds the state directory
 
 
 class OpenDecoder(Decoder):
@@ -64,33 +65,14 @@ class OpenDecoder(Decoder):
         return idx, self.sub.scale.get(target, 1.0), self.sub.offset.get(target, 0.0)
 
 
-def recorded_span(directory: Path) -> tuple[float, float, int]:
-    """Event-time span (first, last) and rows of a recording, from the Parquet footers only."""
-    import pyarrow.parquet as pq
-
-    first, last, rows = math.inf, -math.inf, 0
-    for f in sorted(directory.rglob("*.parquet")) if directory.exists() else []:
-        if f.name.startswith("."):
-            continue
-        try:
-            meta = pq.ParquetFile(f).metadata
-        except (OSError, ValueError):
-            continue  # a file being replaced, or a broken one: the fit will say
-        col = meta.schema.to_arrow_schema().get_field_index("ts")
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            rows += rg.num_rows
-            stats = rg.column(col).statistics
-            if stats is not None and stats.has_min_max:
-                first, last = min(first, float(stats.min)), max(last, float(stats.max))
-    return first, last, rows
-
-
 def fit_command(cfg: AgentConfig, *, first: bool) -> list[str]:
     """The `vigil-train refit` command line the agent runs (first fit, or a candidate)."""
     cmd = [sys.executable, "-m", "training", "refit", "--state", str(cfg.state.dir),
-           "--threads", str(cfg.learn.threads)]
-    cmd += ["--first", "--out", str(cfg.model.path)] if first else ["--live", str(cfg.model.path)]
+           "--threads", str(cfg.learn.threads), "--sensitivity", f"{cfg.model.sensitivity:g}"]
+    if first:
+        cmd += ["--first", "--out", str(cfg.model.path)]
+    else:
+        cmd += ["--live", str(cfg.model.path), "--out", str(cfg.shadow_path)]
     for key, value in cfg.learn.fit_options.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -148,6 +130,9 @@ class RefitChild:
                     break
                 except ValueError:
                     continue
+        if rc == EXIT_BUSY:
+            return RefitResult("busy", "another refit holds the state directory", doc,
+                               time.monotonic() - self.started)
         result = str(doc.get("result") or ("accepted" if rc == 0 else "failed"))
         reason = str(doc.get("reason") or (text.strip().splitlines() or [f"exit code {rc}"])[-1])[:300]
         return RefitResult(result, reason, doc, time.monotonic() - self.started)
@@ -184,8 +169,11 @@ class Learner:
 
         self.recorder = Recorder(cfg.record, cfg.record_dir, (), self.metrics, self.log)
         self.events = EventLog(cfg.state.dir / "events.csv")
-        self.first, self.last, self.rows = recorded_span(cfg.record_dir)
-        self.assets: set[str] = set()
+        # Each asset's first and last event time recorded, from what is on disk and then live.
+        on_disk = recorded_history(cfg.record_dir)
+        self.spans = {a: [h.first_ts, h.last_ts] for a, h in on_disk.assets.items()}
+        self.rows = on_disk.readings
+        self.last = max((h.last_ts for h in on_disk.assets.values()), default=-math.inf)
         self.queue: deque[tuple[int, str, bytes, float]] = deque()
         self.control: deque[Control] = deque()
         self.link = Link(cfg, on_message=self._enqueue, on_ack=lambda mid, ok: None,
@@ -223,7 +211,8 @@ class Learner:
 
     @property
     def history_s(self) -> float:
-        return max(self.last - self.first, 0.0) if self.last > self.first else 0.0
+        """The longest span of event time recorded for one asset."""
+        return max((b - a for a, b in self.spans.values()), default=0.0)
 
     def readiness(self) -> dict[str, bool]:
         return {"connected": self.link.connected.is_set(), "subscribed": self.link.subscribed.is_set(),
@@ -236,7 +225,7 @@ class Learner:
     def health(self) -> dict[str, Any]:
         return {"agent_id": self.cfg.resolved_agent_id, **self.detail(),
                 "ts": rfc3339_ms(self.last) if self.last > -math.inf else None,
-                "assets": len(self.assets), "channels": list(self.channels), "readings_recorded": self.rows}
+                "assets": len(self.spans), "channels": list(self.channels), "readings_recorded": self.rows}
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -293,22 +282,26 @@ class Learner:
             if len(self.channels) != len(channels):
                 channels = tuple(self.channels)
                 self.recorder.set_channels(channels)  # a new channel: the buffer so far is sealed
+            span = self.spans.get(asset)
+            if span is None:
+                if len(self.spans) >= self.cfg.windows.max_assets:
+                    rejects[Reason.ASSET_LIMIT] += sum(len(c[1]) for c in cells)
+                    continue
+                span = self.spans[asset] = [math.inf, -math.inf]
             w = self.cfg.windows
             for ts, chans, values in cells:
                 if ts > wall + w.max_future_skew_s or ts < w.ts_floor.timestamp():
                     rejects[Reason.FUTURE if ts > wall else Reason.TOO_OLD] += len(chans)
                     continue
                 self.recorder.add(asset, ts, chans, values)
-                self.first, self.last = min(self.first, ts), max(self.last, ts)
+                span[0], span[1] = min(span[0], ts), max(span[1], ts)
+                self.last = max(self.last, ts)
                 accepted += len(chans)
-            if len(self.assets) < self.cfg.windows.max_assets:
-                self.assets.add(asset)
         self.rows += accepted
-        if accepted:
-            self.metrics.readings_accepted.inc(accepted)
-        for reason, n in rejects.items():
-            self.metrics.readings_rejected.labels(reason.value).inc(n)
-            self._rejects_log.warning("readings_rejected", key=reason.value, reason=reason.value)
+        self.metrics.count_readings(accepted, rejects)
+        for reason in rejects:
+            if reason.is_rejection:
+                self._rejects_log.warning("readings_rejected", key=reason.value, reason=reason.value)
 
     def _commands(self) -> None:
         """Events are recorded (they label the first fit); commands are answered: nothing to act on."""

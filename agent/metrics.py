@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -196,6 +197,19 @@ class Metrics:
         self.record_disk_bytes = Gauge("vigil_record_disk_bytes", "Bytes of recording files on disk.",
                                        registry=r)
         self.record_files = Gauge("vigil_record_files", "Recording files on disk.", registry=r)
+
+    def count_readings(self, accepted: int, reasons: Mapping[Reason, int]) -> None:
+        """Readings not written go to rejected (bad input), ignored (normal traffic the model has
+        no use for) or skipped (another agent's assets)."""
+        if accepted:
+            self.readings_accepted.inc(accepted)
+        for reason, n in reasons.items():
+            if reason.is_rejection:
+                self.readings_rejected.labels(reason.value).inc(n)
+            elif reason.is_ignored:
+                self.readings_ignored.labels(reason.value).inc(n)
+            else:
+                self.readings_skipped.inc(n)
 
     def set_model(self, version: str, created_at: str = "") -> None:
         self.model_info.clear()

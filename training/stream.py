@@ -215,7 +215,7 @@ def build_cache(path: Path, work: Path, *, fmt: Format = "long", period_s: float
     spill = _Spill(work / "segments", budget)
     readings = 0
     # Minutes on a large history: say how far each pass is.
-    with tqdm(desc="reading history", unit=" readings", unit_scale=True, disable=None if progress else True,
+    with tqdm(desc="reading history", unit=" readings", unit_scale=True, disable=not progress,
               file=sys.stderr, leave=False) as bar:
         for chunk in read_coded(path, fmt, names):
             spill.add(chunk)
@@ -240,7 +240,7 @@ def build_cache(path: Path, work: Path, *, fmt: Format = "long", period_s: float
     entries = []
     offset = 0
     with (work / CELLS_FILE).open("wb") as out:
-        for name in tqdm(kept, desc="gridding assets", unit=" assets", disable=None if progress else True,
+        for name in tqdm(kept, desc="gridding assets", unit=" assets", disable=not progress,
                          file=sys.stderr, leave=False):
             ts, chan, values = readings_of(name)
             spill.segment(names.assets[name]).unlink()

@@ -242,7 +242,7 @@ def test_acl_keeps_operations_topics_to_operators(gateway_broker: GatewayBroker)
     allowed = {
         "vigil-operator": ["vigil/cmd/pump-1/ack", "vigil/cmd/pump-1/shelve", "vigil/cmd/pump-1/unshelve"],
         "cmms-bridge": ["vigil/events/pump-1"],
-        "vigil-engineer": ["vigil/agents/gw-01/cmd/promote"],
+        "vigil-engineer": ["vigil/agents/gw-01/cmd/promote", "vigil/agents/gw-01/cmd/refit"],
         "vigil-agent": ["vigil/alerts/pump-1", "vigil/alarms/flood", "vigil/alarms/active/pump-1",
                         "vigil/agents/gw-01/health", "vigil/replies/vigil-operator/console"],
     }

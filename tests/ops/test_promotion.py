@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,11 +56,12 @@ def test_a_better_shadow_is_promoted_and_the_old_model_stands_guard(ops_factory:
     wait_until(lambda: ops.metric("vigil_shadow_model_info", f'version="{bad_spec.version}"') == 1, 10,
                what="the replaced model as the guard shadow")
     health = ops.health() or {}
-    wait_until(lambda: ((ops.health() or {}).get("trial") or {}).get("role") == "guard", 10, what="guard trial")
+    wait_until(lambda: ((ops.health() or {}).get("trial") or {}).get("role") == "guard", 10,
+               what="guard trial")
     assert health.get("mode") == "serving"
 
-    k = drive(ops, 100, lambda: [d.get("result") for d in decisions(ops.state) if d["kind"] == "trial"]
-              == ["promote", "kept"])  # the guard's trial: the promoted model does no worse
+    drive(ops, 100, lambda: [d.get("result") for d in decisions(ops.state) if d["kind"] == "trial"]
+          == ["promote", "kept"])  # the guard's trial: the promoted model does no worse
     assert ops.metric("vigil_model_rollbacks_total") == 0
     wait_until(lambda: not shadow.exists(), 10, what="the guard dropped")
     kinds = [d["kind"] for d in decisions(ops.state)]
