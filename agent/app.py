@@ -209,6 +209,7 @@ class Agent:
         self._verdict: Verdict | None = None
         self.refit: RefitChild | None = None
         self._refit_now = threading.Event()
+        self._reload = False  # SIGHUP: check the model files even if they look unchanged
         self._refit_requests: deque[Control] = deque()
         every = cfg.learn.refit_every
         self._next_refit = time.monotonic() + every if every else math.inf
@@ -286,7 +287,8 @@ class Agent:
         self._stop.set()
 
     def reload(self) -> None:
-        """Check the model file now (SIGHUP)."""
+        """Check the model files now (SIGHUP)."""
+        self._reload = True
         self.watcher.poke.set()
 
     def _restore(self) -> None:
@@ -687,7 +689,8 @@ class Agent:
         interval = self.watcher.interval_s or 3600.0
         while not self._stop.is_set():
             self.watcher.poke.wait(interval if self.refit is None else min(interval, 1.0))
-            forced = self.watcher.poke.is_set()
+            # Only SIGHUP forces a reload; the learning loop's pokes only wake the watcher up.
+            forced, self._reload = self._reload, False
             self.watcher.poke.clear()
             if self._stop.is_set():
                 if self.refit is not None:

@@ -167,7 +167,9 @@ class Learner:
         self.decoders = [OpenDecoder(s, self.channels) for s in cfg.subscriptions]
         from agent.recorder import Recorder
 
-        self.recorder = Recorder(cfg.record, cfg.record_dir, (), self.metrics, self.log)
+        # The channel names grow as they arrive (append-only: an index never changes meaning), and
+        # the recorder names a buffer's channels when it writes it: no buffer sealed per new name.
+        self.recorder = Recorder(cfg.record, cfg.record_dir, self.channels, self.metrics, self.log)
         self.events = EventLog(cfg.state.dir / "events.csv")
         # Each asset's first and last event time recorded, from what is on disk and then live.
         on_disk = recorded_history(cfg.record_dir)
@@ -267,7 +269,6 @@ class Learner:
     def _ingest(self) -> None:
         rejects: Counter[Reason] = Counter()
         accepted = 0
-        channels = tuple(self.channels)
         for _ in range(5000):
             try:
                 sub, topic, payload, wall = self.queue.popleft()
@@ -279,9 +280,6 @@ class Learner:
             if got is None:
                 continue
             asset, cells = got
-            if len(self.channels) != len(channels):
-                channels = tuple(self.channels)
-                self.recorder.set_channels(channels)  # a new channel: the buffer so far is sealed
             span = self.spans.get(asset)
             if span is None:
                 if len(self.spans) >= self.cfg.windows.max_assets:
@@ -357,6 +355,6 @@ class Learner:
     def _reopen(self) -> Any:
         from agent.recorder import Recorder
 
-        rec = Recorder(self.cfg.record, self.cfg.record_dir, tuple(self.channels), self.metrics, self.log)
+        rec = Recorder(self.cfg.record, self.cfg.record_dir, self.channels, self.metrics, self.log)
         rec.start()
         return rec

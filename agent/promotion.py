@@ -34,14 +34,26 @@ def record_decision(cfg: AgentConfig, kind: str, **fields: Any) -> dict[str, Any
     return doc
 
 
-def _install(src: Path, dst: Path) -> None:
-    """Copy `src` over `dst` atomically (a watcher never reads half a file)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+def install_file(src: Path, dest: Path) -> None:
+    """Copy `src` over `dest` atomically and durably: a temporary file beside it, synced, renamed,
+    the folder synced (a reader never sees half a file; a crash leaves the old one or the new)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        _sync(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync(dest.parent)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def previous_path(cfg: AgentConfig) -> Path:
@@ -54,7 +66,7 @@ def install_guard(cfg: AgentConfig) -> bool:
     prev = previous_path(cfg)
     if not prev.exists():
         return False
-    _install(prev, cfg.shadow_path)
+    install_file(prev, cfg.shadow_path)
     return True
 
 

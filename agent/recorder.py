@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class Buffer:
 
     __slots__ = ("asset", "channel", "channels", "codes", "count", "opened", "rows", "ts", "value")
 
-    def __init__(self, channels: tuple[str, ...], opened: float) -> None:
+    def __init__(self, channels: Sequence[str], opened: float) -> None:
         self.channels = channels
         self.opened = opened  # wall time, names the file
         self.codes: dict[str, int] = {}
@@ -89,7 +89,7 @@ class Recorder:
     after it stopped); disk work happens only on the writer thread that `start` launches.
     """
 
-    def __init__(self, cfg: RecordConfig, directory: Path, channels: tuple[str, ...], metrics: Metrics,
+    def __init__(self, cfg: RecordConfig, directory: Path, channels: Sequence[str], metrics: Metrics,
                  log: Any = None, wall: Callable[[], float] = time.time) -> None:
         self.dir = Path(directory)
         try:
@@ -129,7 +129,7 @@ class Recorder:
         if b.rows >= self.file_rows:
             self._seal()
 
-    def set_channels(self, channels: tuple[str, ...]) -> None:
+    def set_channels(self, channels: Sequence[str]) -> None:
         """The model's channels changed (a hot-swap): what was buffered under the old ones is sealed."""
         if channels != self._channels:
             self._seal()

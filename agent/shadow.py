@@ -7,8 +7,6 @@ candidate in (by replacing the live model file: the hot-swap path checks and loa
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy.typing as npt
 from agent.baseline import BaselineLearner
 from agent.config import AgentConfig
 from agent.errors import ModelError
+from agent.promotion import install_file
 from agent.risk import Level, LevelMachine, SurpriseTracker, in_force
 from agent.runtime import Expected, Runtime, load_runtime
 from agent.scoring import Scorer
@@ -142,10 +141,7 @@ def promote(cfg: AgentConfig) -> Runtime:
     if cfg.model.sha256 and cfg.model.sha256.lower() != rt.sha256:
         raise ModelError("[model] sha256 pins the live file: the agent would refuse the shadow model; "
                          "update the pin first")
-    tmp = live_path.with_name(live_path.name + ".promote")
-    shutil.copyfile(shadow_path, tmp)
     if live_path.exists():
-        prev = live_path.with_name(live_path.name + ".previous")
-        shutil.copyfile(live_path, prev)
-    os.replace(tmp, live_path)  # atomic: the watcher never reads half a file
+        install_file(live_path, live_path.with_name(live_path.name + ".previous"))
+    install_file(shadow_path, live_path)  # atomic: the watcher never reads half a file
     return rt

@@ -40,6 +40,7 @@ from typing import Any
 
 from agent.alerts import rfc3339_ms
 from agent.errors import DataError, VigilError
+from agent.promotion import install_file
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 3
@@ -233,8 +234,8 @@ def _first(req: Request, state: StateDir, stamp: str, work: Path) -> Decision:
         "trained_until": until, "options": stored}, indent=2).encode() + b"\n")
     report = _publish_report(work / "report", state, stamp)
     with contextlib.suppress(FileNotFoundError):
-        _install(opts.out.with_suffix(".summary.json"), out.with_suffix(".summary.json"))
-    _install(opts.out, out)
+        install_file(opts.out.with_suffix(".summary.json"), out.with_suffix(".summary.json"))
+    install_file(opts.out, out)
     return Decision(rfc3339_ms(time.time()), "first", "accepted",
                     f"first model: {len(readings)} readings of {len(readings.assets)} assets",
                     installed=str(out), version=spec.version, metrics={"validation": summary["validation"]},
@@ -309,7 +310,7 @@ def _refit(req: Request, state: StateDir, stamp: str, work: Path) -> Decision:
     installed = None
     if not worse:
         dest = req.out or state.shadow
-        _install(kept, dest)
+        install_file(kept, dest)
         installed = str(dest)
     return Decision(**{**asdict(base), "result": result, "reason": reason, "candidate": str(kept),
                        "installed": installed, "report": report,
@@ -398,19 +399,6 @@ def _stored_model(state: StateDir) -> Path | None:
 
 
 # -- files: atomic installs, leftovers, retention --------------------------------------------
-
-
-def _install(src: Path, dest: Path) -> None:
-    """Copy `src` over `dest` atomically: a temporary file beside it, synced, then renamed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        _sync(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync_dir(dest.parent)
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:
