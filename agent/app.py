@@ -31,7 +31,7 @@ from agent.mqtt import Control, Link, health_topic
 from agent.ops import Operations, Outgoing
 from agent.pipeline import BatchResult, Pipeline
 from agent.promotion import drop_shadow, install_guard, record_decision
-from agent.runtime import Expected, Runtime, load_runtime
+from agent.runtime import Expected, Runtime, load_runtime, warm_up
 from agent.shadow import ShadowScorer, load_shadow, promote
 from agent.sparkplug.primary import PrimaryHost
 from agent.state import Checkpoint
@@ -710,8 +710,8 @@ class Agent:
             self._act_on(verdict)
         if self.watcher.changed() or forced:
             self._check_new_model()
-        if self.shadow_watcher.changed() or forced:
-            self._check_new_shadow()
+        if self.refit is None and (self.shadow_watcher.changed() or forced):
+            self._check_new_shadow()  # while the agent's refit runs, its end says when to look
         self._step_refit()
 
     def _promote_shadow(self, reason: str) -> None:
@@ -809,6 +809,7 @@ class Agent:
         sh = self.pipeline.shadow
         if rt is None or (sh is not None and sh.spec.version == rt.spec.version):
             return
+        warm_up(rt, self.cfg.inference.max_batch)
         with self._swap_lock:
             self._new_shadow = rt
 
@@ -865,6 +866,7 @@ class Agent:
             self.metrics.model_reloads.labels("failure").inc()
             self.log.error("model_rejected", reason=str(exc), serving=current.version)
             return
+        warm_up(rt, self.cfg.inference.max_batch)
         with self._swap_lock:
             self._new_model = rt
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -106,8 +107,11 @@ class RefitChild:
         self.cfg.models_dir.mkdir(parents=True, exist_ok=True)
         threads = str(self.cfg.learn.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        # nice(1), not a preexec hook: the agent has threads, and a fork runs no Python safely then.
+        # nice(1) and ionice(1), not a preexec hook: the agent has threads, and a fork runs no
+        # Python safely then. Idle I/O class: the fit's reads and writes wait for the agent's.
         cmd = ["nice", "-n", str(self.cfg.learn.nice), *self.cmd] if self.cfg.learn.nice else self.cmd
+        if self.cfg.learn.nice and shutil.which("ionice"):
+            cmd = ["ionice", "-c", "3", *cmd]
         with self.log_path.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.started = time.monotonic()

@@ -186,6 +186,20 @@ def load_model(path: Path, expected: Expected | None = None, *, threads: int = 1
     return rt
 
 
+def warm_up(rt: Runtime, max_batch: int, runs: int = 2) -> None:
+    """Run a model once or twice on every batch size it will see (its buckets up to `max_batch`).
+
+    TorchScript optimises a graph on its first calls with each input shape; on a model loaded
+    while serving (a hot-swap, a new shadow) that happens here, on the thread that loaded it,
+    not on the first live batches: otherwise they wait hundreds of milliseconds.
+    """
+    s = rt.spec
+    for size in sorted({bucket(n) for n in range(1, max_batch + 1)}):
+        x = np.zeros((size, s.window, s.n_channels), dtype=np.float32)
+        for _ in range(runs):
+            rt.infer(x)
+
+
 def probe_runtime(rt: Runtime, path: Path) -> None:
     """A forward pass on a small batch must give finite outputs of the declared shapes."""
     s = rt.spec
