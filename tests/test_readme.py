@@ -58,8 +58,9 @@ def test_a_model_from_your_own_history_works_as_written(broker: Broker, tmp_path
                                          ["vigil-train", "evaluate"], ["vigil-agent", "check-config"],
                                          ["vigil-agent", "run"]]
     port = free_port()
+    # Its own client id: a persistent session of another test's agent must not hand it a backlog.
     write_agent_config(tmp_path / "agent.toml", broker_url=broker.url, model=Path("models/pump.pt"),
-                       state=tmp_path / "state", http_port=port)
+                       state=tmp_path / "state", http_port=port, client_id="gw-readme")
     for args in commands[:-1]:
         proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=tmp_path, capture_output=True, text=True,
                               timeout=600)
