@@ -11,49 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.alerts import rfc3339_ms
 from agent.config import AgentConfig
+from agent.files import append_line, install_file
 
 
 def record_decision(cfg: AgentConfig, kind: str, **fields: Any) -> dict[str, Any]:
     """Append one decision to `models/decisions.jsonl` (one write: whole lines when processes share it)."""
     doc = {"ts": rfc3339_ms(time.time()), "kind": kind, "agent_id": cfg.resolved_agent_id, **fields}
-    cfg.models_dir.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(doc, separators=(",", ":"), default=str) + "\n").encode()
-    fd = os.open(cfg.models_dir / "decisions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_line(cfg.models_dir / "decisions.jsonl", json.dumps(doc, separators=(",", ":"), default=str))
     return doc
-
-
-def install_file(src: Path, dest: Path) -> None:
-    """Copy `src` over `dest` atomically and durably: a temporary file beside it, synced, renamed,
-    the folder synced (a reader never sees half a file; a crash leaves the old one or the new)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        _sync(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync(dest.parent)
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def previous_path(cfg: AgentConfig) -> Path:

@@ -38,6 +38,7 @@ import structlog
 
 from agent.config import RecordConfig
 from agent.errors import ConfigError
+from agent.files import fsync_path
 from agent.logs import RateLimited
 from agent.metrics import Metrics
 
@@ -249,7 +250,7 @@ class Recorder:
         try:
             if not path.parent.is_dir():
                 path.parent.mkdir()
-                _fsync_dir(self.dir)
+                fsync_path(self.dir)
             pq.write_table(b.table(), tmp, compression="zstd", store_schema=False)
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -257,7 +258,7 @@ class Recorder:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
             size = path.stat().st_size
         except (OSError, pa.ArrowException) as exc:
             with contextlib.suppress(OSError):
@@ -292,12 +293,3 @@ class Recorder:
                           max_bytes=self.max_bytes)
         self.metrics.record_disk_bytes.set(self._bytes)
         self.metrics.record_files.set(len(self._files))
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

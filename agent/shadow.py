@@ -17,7 +17,7 @@ import numpy.typing as npt
 from agent.baseline import BaselineLearner
 from agent.config import AgentConfig
 from agent.errors import ModelError
-from agent.promotion import install_file
+from agent.files import install_file
 from agent.risk import Level, LevelMachine, SurpriseTracker, in_force
 from agent.runtime import Expected, Runtime, load_runtime
 from agent.scoring import Scorer

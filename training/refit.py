@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import math
-import os
 import resource
 import shutil
 import signal
@@ -40,7 +39,7 @@ from typing import Any
 
 from agent.alerts import rfc3339_ms
 from agent.errors import DataError, VigilError
-from agent.promotion import install_file
+from agent.files import append_line, fsync_path, install_file, write_atomic
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 3
@@ -170,7 +169,7 @@ def run(req: Request) -> Decision:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         decision = _measured(decision, time.monotonic() - t0)
-        _append(state.decisions, decision.line())
+        append_line(state.decisions, decision.line())
         prune(state, req.keep)
     return decision
 
@@ -229,7 +228,7 @@ def _first(req: Request, state: StateDir, stamp: str, work: Path) -> Decision:
                         f"critical {t.critical:g})")
     stored = stored_options(opts, spec.channels, spec.period_s)
     until = rfc3339_ms(float(readings.ts.max()))
-    _write_atomic(state.fit_json, json.dumps({
+    write_atomic(state.fit_json, json.dumps({
         "model": str(out.resolve()), "version": spec.version, "written_at": rfc3339_ms(time.time()),
         "trained_until": until, "options": stored}, indent=2).encode() + b"\n")
     report = _publish_report(work / "report", state, stamp)
@@ -303,10 +302,10 @@ def _refit(req: Request, state: StateDir, stamp: str, work: Path) -> Decision:
     kept = state.models / f"candidate-{stamp}.pt"
     render(work / "report", cand, live, checks, holdout, result, reason, summary, (kept.name, str(live_path)))
     report = _publish_report(work / "report", state, stamp)
-    _sync(model)
+    fsync_path(model)
     model.with_suffix(".summary.json").replace(kept.with_suffix(".summary.json"))
     model.replace(kept)
-    _sync_dir(state.models)
+    fsync_path(state.models)
     installed = None
     if not worse:
         dest = req.out or state.shadow
@@ -401,17 +400,6 @@ def _stored_model(state: StateDir) -> Path | None:
 # -- files: atomic installs, leftovers, retention --------------------------------------------
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        _sync(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync_dir(dest.parent)
-
-
 def _publish_report(folder: Path, state: StateDir, stamp: str) -> str | None:
     """Move a finished report folder to reports/<stamp> (a rename: it appears whole)."""
     if not folder.is_dir():
@@ -455,26 +443,6 @@ def _stamp(state: StateDir) -> str:
         k += 1
         stamp = f"{base}-{k}"
     return stamp
-
-
-def _append(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (POSIX: fsync the directory)."""
-    _sync(path)
 
 
 @contextlib.contextmanager
