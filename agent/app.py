@@ -21,7 +21,7 @@ from agent.alerts import AlertSender, Outbox, encode, encode_fast
 from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ModelError
-from agent.events import PlantEvent, parse_event
+from agent.events import parse_event, within_time_bounds
 from agent.http import HealthServer
 from agent.ingest import Reason
 from agent.learning import RefitChild
@@ -560,7 +560,7 @@ class Agent:
                 asset = topic.removeprefix(f"{prefix}/events/")
                 ev = parse_event(asset, msg.payload)
                 if not isinstance(ev, str):
-                    ev = self._event_time_rule(ev)
+                    ev = within_time_bounds(ev, self.cfg.windows, time.time())
                 if isinstance(ev, str):
                     self._rejects_log.warning("event_rejected", key="event", reason=ev, topic=topic[:200])
                     self._reply(msg, {"event": None, "asset": asset, "result": "rejected", "reason": ev})
@@ -617,15 +617,6 @@ class Agent:
         self._refit_now.set()
         self.watcher.poke.set()
         return "ok", ""
-
-    def _event_time_rule(self, ev: PlantEvent) -> PlantEvent | str:
-        """Events obey the readings' time bounds (a floor, a maximum skew into the future)."""
-        w = self.cfg.windows
-        if ev.ts > time.time() + w.max_future_skew_s:
-            return "ts is in the future"  # a repair "next year" would refuse every reading till then
-        if ev.ts < w.ts_floor.timestamp():
-            return f"ts is before {w.ts_floor.date().isoformat()} ([windows] ts_floor)"
-        return ev
 
     def _reply(self, to: Control, doc: dict[str, Any]) -> None:
         """The result of an event or command, on the MQTT 5 response topic its sender named."""

@@ -308,6 +308,14 @@ class WindowsConfig(_Strict):
     max_assets: Annotated[int, Field(ge=1)] = 10_000
     max_payload_bytes: Annotated[int, Field(ge=16)] = 65_536
 
+    def out_of_bounds(self, ts: float, wall: float) -> Literal["future", "too_old"] | None:
+        """Why event time `ts`, arriving at wall time `wall`, is not trusted (None: it is)."""
+        if ts > wall + self.max_future_skew_s:
+            return "future"
+        if ts < self.ts_floor.timestamp():
+            return "too_old"
+        return None
+
 
 class AssetsConfig(_Strict):
     """Which assets this agent serves.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.alerts import rfc3339_ms
+from agent.config import WindowsConfig
 from agent.ingest import loads, parse_ts
 from agent.names import valid_name
 
@@ -58,6 +59,16 @@ def parse_event(asset: str, payload: bytes) -> PlantEvent | str:
     if not isinstance(wo, str | int) or isinstance(wo, bool):
         return "work_order must be a string"
     return PlantEvent(asset, ts, str(event), str(wo)[:200])
+
+
+def within_time_bounds(ev: PlantEvent, windows: WindowsConfig, wall: float) -> PlantEvent | str:
+    """Events obey the readings' time bounds; the event, or why it is refused."""
+    why = windows.out_of_bounds(ev.ts, wall)
+    if why == "future":
+        return "ts is in the future"  # a repair "next year" would refuse every reading till then
+    if why == "too_old":
+        return f"ts is before {windows.ts_floor.date().isoformat()} ([windows] ts_floor)"
+    return ev
 
 
 class EventLog:

@@ -31,7 +31,7 @@ from agent.alerts import encode, rfc3339_ms
 from agent.commands import parse_command, sender_of
 from agent.config import AgentConfig
 from agent.errors import ConfigError
-from agent.events import EventLog, parse_event
+from agent.events import EventLog, parse_event, within_time_bounds
 from agent.history import recorded_history
 from agent.http import HealthServer
 from agent.ingest import Decoder, Reason
@@ -292,8 +292,8 @@ class Learner:
                 span = self.spans[asset] = [math.inf, -math.inf]
             w = self.cfg.windows
             for ts, chans, values in cells:
-                if ts > wall + w.max_future_skew_s or ts < w.ts_floor.timestamp():
-                    rejects[Reason.FUTURE if ts > wall else Reason.TOO_OLD] += len(chans)
+                if (bound := w.out_of_bounds(ts, wall)) is not None:
+                    rejects[Reason(bound)] += len(chans)
                     continue
                 self.recorder.add(asset, ts, chans, values)
                 span[0], span[1] = min(span[0], ts), max(span[1], ts)
@@ -312,6 +312,8 @@ class Learner:
             msg = self.control.popleft()
             if msg.topic.startswith(f"{p}/events/"):
                 ev = parse_event(msg.topic.removeprefix(f"{p}/events/"), msg.payload)
+                if not isinstance(ev, str):  # the same time bounds as the serving agent's
+                    ev = within_time_bounds(ev, self.cfg.windows, time.time())
                 if isinstance(ev, str):
                     self._rejects_log.warning("event_rejected", key="event", reason=ev, topic=msg.topic[:200])
                     continue

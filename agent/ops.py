@@ -31,7 +31,7 @@ from agent.events import EventLog, PlantEvent
 from agent.metrics import Metrics
 from agent.pipeline import AlertOut, BatchResult
 from agent.spec import ModelSpec
-from agent.trial import Role, Trial, Verdict
+from agent.trial import Role, Tally, Trial, Verdict
 from agent.windows import cell_of
 
 _RANK = {"ok": 0, "warning": 1, "critical": 2}
@@ -144,7 +144,7 @@ class Operations:
         self.books.pop("shadow", None)
         self.trial, self.verdict = None, None
 
-    def _tally(self, model: str) -> Any:
+    def _tally(self, model: str) -> Tally | None:
         return None if self.trial is None else self.trial.tallies.get(model)
 
     # -- model -------------------------------------------------------------------------------

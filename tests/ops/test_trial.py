@@ -45,3 +45,18 @@ class TestVerdicts:
         t = trial("guard", Tally(1, 2, 3, [60.0]), Tally(0, 1, 0, []))
         again = Trial.from_json(json.loads(json.dumps(t.to_json())))
         assert again == t
+
+
+def test_events_and_learning_share_the_readings_time_bounds() -> None:
+    """One rule for readings' and events' event time: not before the floor, not ahead of the clock."""
+    from agent.config import WindowsConfig
+    from agent.events import PlantEvent, within_time_bounds
+
+    w = WindowsConfig()
+    now = 1_800_000_000.0
+    assert w.out_of_bounds(now, now) is None
+    assert w.out_of_bounds(now + 301, now) == "future" and w.out_of_bounds(0.0, now) == "too_old"
+    ev = PlantEvent("pump-1", 0.0, "maintenance_start")
+    assert within_time_bounds(ev, w, now) == "ts is before 2000-01-01 ([windows] ts_floor)"
+    repair = PlantEvent("pump-1", now, "repair")
+    assert within_time_bounds(repair, w, now) == repair
