@@ -24,7 +24,7 @@ from agent.errors import ModelError
 from agent.events import parse_event, within_time_bounds
 from agent.http import HealthServer
 from agent.ingest import Reason
-from agent.learning import RefitChild
+from agent.learning import RefitChild, refit_log
 from agent.logs import RateLimited
 from agent.metrics import Metrics
 from agent.mqtt import Control, Link, health_topic
@@ -457,7 +457,8 @@ class Agent:
             if not self._ready_sent and all(self.readiness().values()):
                 self._ready_sent = systemd.notify_ready(f"serving model {self.pipeline.spec.version}")
             if self.pipeline.hosts and now >= next_tick:  # Sparkplug reorder timeouts, 10 times a second
-                self._count(*self.pipeline.tick(time.time(), now))
+                accepted, rejects = self.pipeline.tick(time.time(), now)
+                self.metrics.count_readings(accepted, Counter(rejects))
                 next_tick = now + 0.1
             if self.pipeline.hosts or self.pipeline.notices:
                 self._send_sparkplug()
@@ -524,13 +525,7 @@ class Agent:
             if self.pipeline.n_ready >= self.cfg.inference.max_batch:
                 break
         # Metrics in batches, not per reading: the hot path stays cheap.
-        self._count_by_reason(accepted, rejects)
-
-    def _count(self, accepted: int, rejects: list[Reason]) -> None:
-        self._count_by_reason(accepted, Counter(rejects))
-
-    def _count_by_reason(self, accepted: int, reasons: Counter[Reason]) -> None:
-        self.metrics.count_readings(accepted, reasons)
+        self.metrics.count_readings(accepted, rejects)
 
     def _send_sparkplug(self) -> None:
         """Publish the hosts' rebirth requests (NCMD: QoS 0, not retained) and stale notices."""
@@ -819,7 +814,7 @@ class Agent:
             self.metrics.candidates.labels(result).inc()
             (self.log.info if result == "accepted" else self.log.warning)(
                 "refit_finished", result=result, reason=got.reason, wall_s=round(got.wall_s, 1),
-                log=str(self.refit_log))
+                log=str(refit_log(self.cfg)))
             for r in [self._refit_requests.popleft() for _ in range(len(self._refit_requests))]:
                 self._reply(r, {"command": "refit", "asset": None, "result": "ok" if result == "accepted"
                                 else "rejected", "reason": f"candidate {result}: {got.reason}"})
@@ -843,10 +838,6 @@ class Agent:
             return
         self.metrics.refit_running.set(1)
         self.log.info("refit_started", command=" ".join(self.refit.cmd))
-
-    @property
-    def refit_log(self) -> Path:
-        return self.cfg.models_dir / "refit.log"
 
     def _check_new_model(self) -> None:
         current = self.pipeline.spec

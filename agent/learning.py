@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -66,6 +67,11 @@ class OpenDecoder(Decoder):
         return idx, self.sub.scale.get(target, 1.0), self.sub.offset.get(target, 0.0)
 
 
+def refit_log(cfg: AgentConfig) -> Path:
+    """Where the agent's fits write their output (the last one's)."""
+    return cfg.models_dir / "refit.log"
+
+
 def fit_command(cfg: AgentConfig, *, first: bool) -> list[str]:
     """The `vigil-train refit` command line the agent runs (first fit, or a candidate)."""
     cmd = [sys.executable, "-m", "training", "refit", "--state", str(cfg.state.dir),
@@ -99,7 +105,7 @@ class RefitChild:
     def __init__(self, cfg: AgentConfig, *, first: bool) -> None:
         self.cfg = cfg
         self.cmd = fit_command(cfg, first=first)
-        self.log_path = cfg.models_dir / "refit.log"
+        self.log_path = refit_log(cfg)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
@@ -356,7 +362,7 @@ class Learner:
         self.metrics.candidates.labels("failed").inc()
         self.fit_state = f"failed: {got.reason}"
         self._next_try = time.monotonic() + min(RETRY_S, max(self.cfg.learn.min_history / 4, 60.0))
-        self.log.error("first_fit_failed", reason=got.reason, log=str(self.cfg.models_dir / "refit.log"))
+        self.log.error("first_fit_failed", reason=got.reason, log=str(refit_log(self.cfg)))
 
     def _reopen(self) -> Any:
         from agent.recorder import Recorder
